@@ -1,0 +1,1 @@
+"""jaxretrieval: text-audio retrieval with Collaborative Experts and MoEE in JAX/Flax."""

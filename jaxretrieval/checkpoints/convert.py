@@ -1,0 +1,216 @@
+"""Reference `trained_model.pth` -> Flax variables (REFERENCE §3).
+
+The architecture comes from the reference's merged config (the published `config.json`, or
+the `ConfigParser` pickled in the checkpoint) together with the tensor shapes; every key of
+the state_dict must map onto the Flax tree and every Flax variable must be filled.
+"""
+
+import dataclasses
+import json
+import pathlib
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxretrieval.checkpoints.torch_pickle import Opaque, load_pth
+from jaxretrieval.experts import BY_REF_NAME
+from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
+
+# Keys the reference itself deletes when loading old checkpoints (REFERENCE §3.3).
+_LEGACY_PREFIXES = ('ce.moe_fc_bottleneck1.', 'ce.moe_cg.', 'ce.moe_fc_proj.')
+_BUFFERS = {'running_mean': 'mean', 'running_var': 'var'}
+
+
+class CheckpointMismatch(ValueError):
+  """The state_dict does not fit the architecture its config describes."""
+
+
+@dataclasses.dataclass
+class ReferenceCheckpoint:
+  state_dict: dict[str, np.ndarray]
+  config: dict
+  epoch: int | None
+  monitor_best: float | None
+  optimizer: dict | None
+
+
+def short_name(ref_name: str) -> str:
+  """Our name of a reference expert (`audio` -> `vggish`); unknown ones are sanitised."""
+  known = BY_REF_NAME.get(ref_name)
+  return known.name if known else re.sub(r'[^A-Za-z0-9_]', '_', ref_name)
+
+
+def read_reference_checkpoint(path: str | pathlib.Path,
+                              config_json: str | pathlib.Path | None = None) -> ReferenceCheckpoint:
+  """Loads a reference checkpoint; the config comes from `config_json` or the pickle."""
+  blob = load_pth(path)
+  if not isinstance(blob, dict) or 'state_dict' not in blob:
+    raise CheckpointMismatch(f'{path}: expected a dict with a "state_dict" (a reference '
+                             f'trained_model.pth), found {type(blob).__name__}')
+  if config_json is not None:
+    config = json.loads(pathlib.Path(config_json).read_text())
+  else:
+    pickled = blob.get('config')
+    config = getattr(pickled, '_config', None) if isinstance(pickled, Opaque) else pickled
+    if not isinstance(config, dict):
+      raise CheckpointMismatch(
+          f'{path} holds no readable config; pass the config.json published next to it '
+          '(--config).')
+  epoch = blob.get('epoch')
+  best = blob.get('monitor_best')
+  return ReferenceCheckpoint(
+      state_dict={k: np.asarray(v) for k, v in blob['state_dict'].items()}, config=config,
+      epoch=None if epoch is None else int(epoch),
+      monitor_best=None if best is None else float(best), optimizer=blob.get('optimizer'))
+
+
+def spec_from_reference(config: dict, state_dict: dict[str, np.ndarray]) -> ModelSpec:
+  """The ModelSpec of a reference run (REFERENCE §2.1)."""
+  try:
+    modalities = sorted(config['experts']['modalities'])
+    args = config['arch']['args']
+    aggregation = config['data_loader']['args']['feat_aggregation']
+  except KeyError as e:
+    raise CheckpointMismatch(f'reference config lacks {e}: is it the merged config.json?') from e
+  use_ce, mimic = args.get('use_ce', ''), bool(args.get('mimic_ce_dims', 0))
+  if use_ce not in ('', 'pairwise'):
+    raise CheckpointMismatch(f'use_ce={use_ce!r} is not supported (only "pairwise" and "")')
+  variant = 'ce' if use_ce else ('mimic' if mimic else 'moee')
+  clusters = args.get('vlad_clusters', {})
+  experts = []
+  for i, ref in enumerate(modalities):
+    temporal = aggregation.get(ref, {}).get('temporal')
+    if temporal == 'vlad':
+      dim, k = _shape(state_dict, f'pooling.{ref}.clusters')
+      if k != clusters.get(ref, k):
+        raise CheckpointMismatch(f'pooling.{ref}.clusters has {k} clusters, config says '
+                                 f'{clusters[ref]}')
+    elif temporal == 'avg':
+      dim = aggregation[ref]['feat_dims']['embed']
+      k = 1
+    else:
+      raise CheckpointMismatch(f'expert {ref}: temporal aggregation {temporal!r} is not '
+                               'supported (vlad, avg)')
+    experts.append(ExpertSpec(short_name(ref), int(dim), temporal, int(k)))
+  text_dim, text_total = _shape(state_dict, 'text_pooling.clusters')
+  text_clusters = int(args.get('vlad_clusters', {}).get('text', text_total))
+  ghost = int(args.get('ghost_clusters', {}).get('text', 0))
+  if text_clusters + ghost != text_total:
+    raise CheckpointMismatch(f'text_pooling.clusters has {text_total} columns, config says '
+                             f'{text_clusters} clusters + {ghost} ghost')
+  return ModelSpec(variant=variant, experts=tuple(experts), text_dim=int(text_dim),
+                   text_clusters=text_clusters, text_ghost_clusters=ghost,
+                   shared_dim=int(config['experts'].get('ce_shared_dim', 768)))
+
+
+def _shape(state_dict, key):
+  if key not in state_dict:
+    raise CheckpointMismatch(f'state_dict has no {key!r}')
+  return state_dict[key].shape
+
+
+def _module_path(module: str, spec: ModelSpec) -> tuple[str, ...] | None:
+  """Flax module path of a reference module path, or None if it is not one of ours."""
+  for ref, name in _ref_names(spec).items():
+    if module == f'pooling.{ref}':
+      return (f'pooling_{name}',)
+    if module == f'pooling.{ref}.batch_norm':
+      return (f'pooling_{name}', 'batch_norm')
+  parts = module.split('.')
+  if parts[0] == 'text_pooling':
+    return tuple(parts)
+  if parts[0] != 'ce' or len(parts) < 2:
+    return None
+  if parts[1:] == ['moe_fc']:
+    return ('moe_fc',)
+  if parts[1:] == ['g_reason_1']:
+    return ('audio_head', 'relation', 'fc_in')
+  names = spec.expert_names
+  if parts[1] in ('text_GU', 'video_GU', 'video_dim_reduce') and len(parts) >= 3:
+    i = int(parts[2])
+    if i >= len(names):
+      return None
+    prefix = {'text_GU': (f'text_gu_{names[i]}',),
+              'video_GU': ('audio_head', f'gate_{names[i]}'),
+              'video_dim_reduce': ('audio_head', f'reduce_{names[i]}')}[parts[1]]
+    return prefix + tuple(parts[3:])
+  if parts[1] == 'g_reason_shared' and len(parts) == 3:
+    # [BN, Mish, Linear] repeated: index 3r is the BatchNorm, 3r + 2 the Linear of repeat r.
+    k = int(parts[2])
+    kind = {0: 'bn', 2: 'fc'}.get(k % 3)
+    return None if kind is None else ('audio_head', 'relation', f'{kind}_{k // 3}')
+  return None
+
+
+def _ref_names(spec: ModelSpec) -> dict[str, str]:
+  """Reference name -> our name, for the spec's vlad experts."""
+  by_short = {e.name: ref for ref, e in BY_REF_NAME.items()}
+  return {by_short.get(e.name, e.name): e.name for e in spec.experts if e.temporal == 'vlad'}
+
+
+def flax_location(key: str, value: np.ndarray, spec: ModelSpec):
+  """(collection, path, array) for a state_dict entry, None for buffers we drop."""
+  module, _, leaf = key.rpartition('.')
+  path = _module_path(module, spec)
+  if path is None:
+    raise CheckpointMismatch(f'state_dict key {key!r} has no place in a {spec.variant} model '
+                             f'with experts {list(spec.expert_names)}')
+  if leaf == 'num_batches_tracked':
+    return None
+  if leaf in _BUFFERS:
+    return 'batch_stats', path + (_BUFFERS[leaf],), value
+  if leaf == 'weight':
+    if value.ndim == 2:
+      return 'params', path + ('kernel',), value.T
+    return 'params', path + ('scale',), value
+  if leaf in ('bias', 'clusters', 'clusters2'):
+    return 'params', path + (leaf,), value
+  raise CheckpointMismatch(f'state_dict key {key!r}: unknown tensor kind {leaf!r}')
+
+
+def abstract_variables(spec: ModelSpec) -> dict:
+  """Shapes of the Flax variables of `spec` (no allocation)."""
+  model = RetrievalModel(spec)
+  batch = {
+      'experts': {e.name: jnp.zeros((2, 3, e.dim) if e.temporal == 'vlad' else (2, e.dim))
+                  for e in spec.experts},
+      'availability': jnp.ones((2, len(spec.experts))),
+      'text': jnp.zeros((2, 3, spec.text_dim)),
+  }
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
+
+
+def convert_state_dict(state_dict: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, Any]:
+  """Flax {'params', 'batch_stats'} from a reference state_dict, checked against `spec`."""
+  expected = {jax.tree_util.keystr(p, simple=True, separator='/'): leaf for p, leaf in
+              jax.tree_util.tree_flatten_with_path(abstract_variables(spec))[0]}
+  flat = {}
+  for key, value in state_dict.items():
+    if key.startswith(_LEGACY_PREFIXES):
+      continue
+    located = flax_location(key, np.asarray(value), spec)
+    if located is None:
+      continue
+    collection, path, array = located
+    name = '/'.join((collection,) + path)
+    if name not in expected:
+      raise CheckpointMismatch(f'state_dict key {key!r} maps to {name}, which the model lacks')
+    if tuple(expected[name].shape) != array.shape:
+      raise CheckpointMismatch(f'state_dict key {key!r} has shape {array.shape}; the model '
+                               f'expects {tuple(expected[name].shape)} at {name}')
+    flat[name] = array.astype(np.float32)
+  missing = sorted(set(expected) - set(flat))
+  if missing:
+    raise CheckpointMismatch(f'the state_dict does not fill {len(missing)} model variables: '
+                             f'{missing[:8]}')
+  variables: dict[str, Any] = {}
+  for name, array in flat.items():
+    node = variables
+    *parents, leaf = name.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = array
+  return variables

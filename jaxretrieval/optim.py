@@ -1,0 +1,119 @@
+"""Ranger (RAdam + LookAhead) as the reference used it (REFERENCE §4.2, §7.12).
+
+Built from optax pieces: decoupled weight decay (`add_decayed_weights`) and the learning
+rate (`scale_by_learning_rate`) are optax's; the RAdam direction is written here because
+Ranger adds eps to the *uncorrected* sqrt(v) and folds the bias corrections into its step
+size, which `optax.scale_by_radam` does not; LookAhead is written here because
+`optax.lookahead` needs the parameters wrapped in `LookaheadParams`, which every caller of
+the model would then have to unwrap. Here the slow weights live in the optimizer state.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+class RangerRAdamState(NamedTuple):
+  count: jax.Array  # steps taken, int32
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+# Steps whose step sizes are tabulated in float64 on the host: for small t, 1 - b2^t and
+# rho_t cancel catastrophically in float32 (a 1e-5 relative error in the step at t = 6).
+_EXACT_STEPS = 2048
+
+
+def _ranger_step_sizes(t, b1: float, b2: float, threshold: float, xp=np):
+  """RAdam step size and whether the step is adaptive, for step counts `t` (NumPy or JAX)."""
+  rho_inf = 2.0 / (1.0 - b2) - 1.0
+  b2t = b2 ** t
+  rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
+  radicand = (1.0 - b2t) * (rho - 4.0) / (rho_inf - 4.0) * (rho - 2.0) / rho * rho_inf / (
+      rho_inf - 2.0)
+  adaptive = rho > threshold
+  size = xp.where(adaptive, xp.sqrt(xp.maximum(radicand, 0.0)), 1.0) / (1.0 - b1 ** t)
+  return size, adaptive
+
+
+def scale_by_ranger_radam(b1: float = 0.95, b2: float = 0.999, eps: float = 1e-5,
+                          threshold: float = 5.0) -> optax.GradientTransformation:
+  """Ranger 9.3.19's rectified Adam direction (to be scaled by -lr).
+
+  With rho_t = rho_inf - 2 t b2^t / (1 - b2^t): if rho_t > threshold the direction is
+  r_t m / (sqrt(v) + eps), r_t = sqrt((1-b2^t)(rho_t-4)(rho_t-2) rho_inf /
+  ((rho_inf-4)(rho_inf-2) rho_t)) / (1-b1^t); else the momentum step m / (1-b1^t).
+  For b2 = 0.999 the first five steps are momentum steps.
+  """
+  table_size, table_adaptive = _ranger_step_sizes(np.arange(1.0, _EXACT_STEPS + 1), b1, b2,
+                                                  threshold)
+
+  def init(params):
+    zeros = optax.tree.zeros_like(params)
+    return RangerRAdamState(jnp.zeros([], jnp.int32), zeros, optax.tree.zeros_like(params))
+
+  def update(updates, state, params=None):
+    del params
+    count = state.count + 1
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+    dtype = jnp.result_type(float)  # float64 when x64 is enabled
+    late_size, late_adaptive = _ranger_step_sizes(count.astype(dtype), b1, b2, threshold, jnp)
+    index = jnp.minimum(count, _EXACT_STEPS) - 1
+    exact = count <= _EXACT_STEPS
+    size = jnp.where(exact, jnp.asarray(table_size, dtype)[index], late_size)
+    adaptive = jnp.where(exact, jnp.asarray(table_adaptive)[index], late_adaptive)
+
+    def direction(m, v):
+      step = jnp.where(adaptive, m / (jnp.sqrt(v) + eps), m) * size
+      return step.astype(m.dtype)
+
+    return jax.tree.map(direction, mu, nu), RangerRAdamState(count, mu, nu)
+
+  return optax.GradientTransformation(init, update)
+
+
+class LookaheadState(NamedTuple):
+  inner: optax.OptState
+  slow: optax.Params  # the slow weights, equal to the parameters at the start
+  count: jax.Array  # steps taken, int32
+
+
+def lookahead(inner: optax.GradientTransformation, sync_period: int = 6,
+              slow_step_size: float = 0.5) -> optax.GradientTransformation:
+  """LookAhead: every `sync_period` steps, slow += alpha (fast - slow) and fast <- slow."""
+
+  def init(params):
+    return LookaheadState(inner.init(params), jax.tree.map(jnp.asarray, params),
+                          jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('lookahead needs the parameters: call update(grads, state, params)')
+    fast_updates, inner_state = inner.update(updates, state.inner, params)
+    count = state.count + 1
+    sync = count % sync_period == 0
+    fast = optax.apply_updates(params, fast_updates)
+    slow = jax.tree.map(lambda s, f: jnp.where(sync, s + slow_step_size * (f - s), s),
+                        state.slow, fast)
+    final = jax.tree.map(lambda u, s, p: jnp.where(sync, s - p, u), fast_updates, slow, params)
+    return final, LookaheadState(inner_state, slow, count)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ranger(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 1e-3,
+           b1: float = 0.95, b2: float = 0.999, eps: float = 1e-5, threshold: float = 5.0,
+           sync_period: int = 6, slow_step_size: float = 0.5) -> optax.GradientTransformation:
+  """Ranger as in the reference: decay p <- p - wd lr p, RAdam step, LookAhead(k=6, 0.5).
+
+  Weight decay applies to every tensor (biases, BatchNorm affine, NetVLAD centres);
+  no gradient centralisation, no clipping.
+  """
+  fast = optax.chain(scale_by_ranger_radam(b1, b2, eps, threshold),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
+  return lookahead(fast, sync_period, slow_step_size)

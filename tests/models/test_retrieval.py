@@ -1,0 +1,148 @@
+"""The whole model: parameter counts of the paper, availability handling, CE's BN updates."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxretrieval.experts import model_experts
+from jaxretrieval.models import (MissingExpertsError, ModelSpec, RetrievalModel,
+                                 check_availability, mixture_similarity)
+from tests.reference_checkpoint import reference_keys
+
+# (variant, experts, trainable parameters published by the reference, REFERENCE §2.4)
+PAPER_COUNTS = [
+    ('mimic', ['vggish'], 7_389_127),
+    ('mimic', ['vggsound'], 12_120_007),
+    ('ce', ['vggish', 'vggsound'], 21_864_536),
+    ('moee', ['vggish', 'vggsound'], 8_903_512),
+    ('mimic', ['scene'], 7_507_879),
+    ('mimic', ['r2p1d'], 6_205_351),
+    ('mimic', ['inst'], 7_384_999),
+    ('ce', ['scene', 'r2p1d'], 16_068_632),
+    ('ce', ['scene', 'inst'], 17_248_280),
+    ('ce', ['r2p1d', 'inst'], 15_945_752),
+    ('ce', ['r2p1d', 'inst', 'vggish'], 23_324_073),
+    ('ce', ['r2p1d', 'inst', 'vggsound'], 28_054_953),
+    ('ce', ['r2p1d', 'inst', 'vggish', 'vggsound'], 35_433_274),
+]
+
+
+def _batch(spec, b=3, t=4, q=None, seed=0):
+  rng = np.random.default_rng(seed)
+  q = b if q is None else q
+  return {
+      'experts': {e.name: jnp.asarray(rng.normal(size=(b, t, e.dim) if e.temporal == 'vlad'
+                                                 else (b, e.dim)), jnp.float32)
+                  for e in spec.experts},
+      'availability': jnp.ones((b, len(spec.experts))),
+      'text': jnp.asarray(rng.normal(size=(q, 5, spec.text_dim)), jnp.float32),
+  }
+
+
+def _count(spec):
+  model = RetrievalModel(spec)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), _batch(spec), train=False))
+  return sum(x.size for x in jax.tree.leaves(variables['params']))
+
+
+@pytest.mark.parametrize('variant,experts,expected', PAPER_COUNTS)
+def test_parameter_counts_match_the_paper(variant, experts, expected):
+  spec = ModelSpec(variant, model_experts(experts))
+  assert _count(spec) == expected
+  # The reference state_dict layout (REFERENCE §3.2) has the same trainable size.
+  ref = {'vggish': 'audio', 'vggsound': 'vggsound', 'scene': 'scene.densenet161.0',
+         'inst': 'imagenet.resnext101_32x48d.0', 'r2p1d': 'r2p1d.r2p1d-ig65m.0'}
+  keys = reference_keys(variant, [ref[e] for e in experts])
+  trainable = sum(int(np.prod(s)) for k, s in keys
+                  if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
+  assert trainable == expected
+
+
+def test_expert_order_follows_reference_names():
+  names = [e.name for e in model_experts(['vggsound', 'scene', 'vggish', 'inst', 'r2p1d'])]
+  # audio < imagenet.* < r2p1d.* < scene.* < vggsound
+  assert names == ['vggish', 'inst', 'r2p1d', 'scene', 'vggsound']
+
+
+def test_spec_validation_names_the_problem():
+  with pytest.raises(ValueError, match='variant'):
+    ModelSpec('transformer', model_experts(['vggish']))
+  with pytest.raises(ValueError, match='>= 2 experts'):
+    ModelSpec('ce', model_experts(['vggish']))
+  with pytest.raises(ValueError, match='unknown expert'):
+    model_experts(['vggish', 'mystery'])
+
+
+def test_similarity_renormalises_weights_over_available_experts():
+  rng = np.random.default_rng(0)
+  unit = lambda *s: (lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True))(rng.normal(size=s))
+  text = {'a': unit(4, 3), 'b': unit(4, 5)}
+  audio = {'a': unit(2, 3), 'b': unit(2, 5)}
+  w = rng.dirichlet([1, 1], size=4)
+  avail = np.array([[1, 1], [0, 1]])
+  s = np.asarray(mixture_similarity(text, jnp.asarray(w), audio, jnp.asarray(avail)))
+  both = w[:, 0] * (text['a'] @ audio['a'][0]) + w[:, 1] * (text['b'] @ audio['b'][0])
+  np.testing.assert_allclose(s[:, 0], both, atol=1e-6)
+  # Item 1 has only expert b: its weight renormalises to 1.
+  np.testing.assert_allclose(s[:, 1], text['b'] @ audio['b'][1], atol=1e-6)
+
+
+def test_missing_expert_is_zeroed_and_excluded():
+  spec = ModelSpec('moee', model_experts(['vggish', 'vggsound']))
+  model = RetrievalModel(spec)
+  batch = _batch(spec)
+  variables = model.init(jax.random.key(0), batch, train=False)
+  avail = np.ones((3, 2), np.float32)
+  avail[1, 0] = 0.0
+  nan_batch = dict(batch, availability=jnp.asarray(avail))
+  nan_batch['experts'] = dict(batch['experts'])
+  nan_batch['experts']['vggish'] = batch['experts']['vggish'].at[1].set(jnp.nan)
+  sims = np.asarray(model.apply(variables, nan_batch, train=False))
+  assert np.all(np.isfinite(sims))
+  zero_batch = dict(nan_batch, experts=dict(nan_batch['experts']))
+  zero_batch['experts']['vggish'] = batch['experts']['vggish'].at[1].set(0.0)
+  np.testing.assert_allclose(sims, model.apply(variables, zero_batch, train=False), atol=1e-6)
+
+
+def test_item_without_any_expert_raises_naming_it():
+  avail = np.array([[1, 0], [0, 0], [0, 1], [0, 0]])
+  with pytest.raises(MissingExpertsError, match='2 item.*clip_b, clip_d'):
+    check_availability(avail, ['clip_a', 'clip_b', 'clip_c', 'clip_d'], ['vggish', 'vggsound'])
+  check_availability(avail[[0, 2]], ['clip_a', 'clip_c'], ['vggish', 'vggsound'])
+
+
+def test_ce_relation_runs_once_per_ordered_pair_in_expert_order():
+  """CE with M experts calls the shared relation MLP M^2 times: (i, j) for i, then j."""
+  spec = ModelSpec('ce', model_experts(['r2p1d', 'vggish', 'vggsound']))
+  model = RetrievalModel(spec)
+  batch = _batch(spec, b=6)
+  variables = model.init(jax.random.key(0), batch, train=False)
+  widths = []
+
+  def count_relation_calls(next_fun, args, kwargs, context):
+    if context.module.name == 'relation' and context.method_name == '__call__':
+      widths.append(args[0].shape[-1])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(count_relation_calls):
+    _, updates = model.apply(variables, batch, train=True, mutable=['batch_stats'])
+  assert widths == [2 * 768] * 9
+  bn = updates['batch_stats']['audio_head']['relation']['bn_0']
+  assert np.any(np.asarray(bn['mean']) != 0)
+
+
+def test_row_mask_keeps_padding_out_of_training_statistics():
+  spec = ModelSpec('ce', model_experts(['vggish', 'vggsound']))
+  model = RetrievalModel(spec)
+  full = _batch(spec, b=5, seed=3)
+  variables = model.init(jax.random.key(0), full, train=False)
+  sub = jax.tree.map(lambda x: x[:3], full)
+  padded = dict(full, row_mask=jnp.asarray([1, 1, 1, 0, 0]),
+                text_row_mask=jnp.asarray([1, 1, 1, 0, 0]))
+  s_pad, u_pad = model.apply(variables, padded, train=True, mutable=['batch_stats'])
+  s_sub, u_sub = model.apply(variables, sub, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(s_pad)[:3, :3], s_sub, atol=2e-5)
+  for a, b in zip(jax.tree.leaves(u_pad), jax.tree.leaves(u_sub)):
+    np.testing.assert_allclose(a, b, atol=2e-5)
