@@ -8,7 +8,7 @@ The reference keys its experts by names such as `audio` (VGGish) or
 import dataclasses
 from typing import Iterable
 
-from jaxretrieval.models.retrieval import ExpertSpec
+from jaxretrieval.models.retrieval import ExpertSpec, ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,4 +52,22 @@ def model_experts(names: Iterable[str], clusters: int = 16,
   if len(set(names)) != len(names):
     raise ValueError(f'experts {names} name an expert twice')
   infos = sorted((expert_info(n, dims) for n in names), key=lambda e: e.ref_name)
-  return tuple(ExpertSpec(e.name, e.dim, e.temporal, clusters) for e in infos)
+  return tuple(ExpertSpec(e.name, e.dim, e.temporal, clusters if e.temporal == 'vlad' else 1)
+               for e in infos)
+
+
+def model_spec(config, dims: dict[str, tuple[int, str]] | None = None) -> ModelSpec:
+  """The ModelSpec of an experiment config (`config.model`, `config.experts`).
+
+  `variant='ce'` with a single expert is the paper's single-expert CE ('mimic').
+  """
+  m = config.model
+  experts = model_experts(config.experts, m.vlad_clusters, dims)
+  variant = m.variant
+  if variant not in ('ce', 'moee'):
+    raise ValueError(f"config.model.variant={variant!r}: expected 'ce' or 'moee'")
+  if variant == 'ce' and len(experts) == 1:
+    variant = 'mimic'
+  return ModelSpec(variant=variant, experts=experts, text_clusters=m.text_clusters,
+                   text_ghost_clusters=m.text_ghost_clusters, shared_dim=m.shared_dim,
+                   use_mask=m.use_mask)

@@ -130,6 +130,7 @@ def _parse_config_module():
         self.resume = None
 
     ConfigParser.__module__ = 'parse_config'
+    ConfigParser.__qualname__ = 'ConfigParser'
     module.ConfigParser = ConfigParser
     sys.modules['parse_config'] = module
   return sys.modules['parse_config']

@@ -206,11 +206,51 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], spec: ModelSpec) -> di
   if missing:
     raise CheckpointMismatch(f'the state_dict does not fill {len(missing)} model variables: '
                              f'{missing[:8]}')
-  variables: dict[str, Any] = {}
+  return _nest(flat)
+
+
+def _nest(flat: dict[str, np.ndarray]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
   for name, array in flat.items():
-    node = variables
+    node = tree
     *parents, leaf = name.split('/')
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = array
-  return variables
+  return tree
+
+
+def convert_ranger_state(optimizer: dict, state_dict: dict[str, np.ndarray],
+                         spec: ModelSpec) -> dict[str, Any]:
+  """The reference Ranger state as {'step', 'learning_rate', 'mu', 'nu', 'slow'}.
+
+  `mu`, `nu` and `slow` (exp_avg, exp_avg_sq, slow_buffer) are trees shaped like
+  `params`. Ranger indexes its state by parameter position, which is the order of the
+  state_dict's parameters (buffers left out). Note (REFERENCE §3.1): this is the state at
+  the *last* epoch, while the weights are those of the best epoch.
+  """
+  try:
+    group, = optimizer['param_groups']
+    per_param = optimizer['state']
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointMismatch(f'optimizer state is not a single-group Ranger state ({e})') from e
+  keys = [k for k, v in state_dict.items()
+          if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))
+          and not k.startswith(_LEGACY_PREFIXES)]
+  if len(group['params']) != len(keys):
+    raise CheckpointMismatch(f'optimizer state covers {len(group["params"])} parameters, the '
+                             f'state_dict has {len(keys)}')
+  trees = {'mu': {}, 'nu': {}, 'slow': {}}
+  steps = set()
+  for index, key in zip(group['params'], keys):
+    if index not in per_param:
+      raise CheckpointMismatch(f'optimizer state has no entry for parameter {index} ({key})')
+    entry = per_param[index]
+    steps.add(int(entry['step']))
+    for ours, theirs in (('mu', 'exp_avg'), ('nu', 'exp_avg_sq'), ('slow', 'slow_buffer')):
+      _, path, array = flax_location(key, np.asarray(entry[theirs]), spec)
+      trees[ours]['/'.join(path)] = array.astype(np.float32)
+  if len(steps) != 1:
+    raise CheckpointMismatch(f'parameters disagree on the Ranger step count: {sorted(steps)}')
+  return {'step': np.int32(steps.pop()), 'learning_rate': np.float32(group['lr']),
+          **{k: _nest(v) for k, v in trees.items()}}

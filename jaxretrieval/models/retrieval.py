@@ -22,7 +22,7 @@ class ExpertSpec:
   """One audio (or visual) expert as the model sees it.
 
   `temporal='vlad'`: a `[T, dim]` sequence pooled by NetVLAD(dim, clusters);
-  `temporal='avg'`: an already pooled `[dim]` vector.
+  `temporal='avg'`: an already pooled `[dim]` vector (`clusters` is then 1).
   """
   name: str
   dim: int

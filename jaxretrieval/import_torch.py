@@ -1,0 +1,106 @@
+r"""Converts a released reference checkpoint into a jaxretrieval workdir.
+
+  python -m jaxretrieval.import_torch --checkpoint trained_model.pth \
+      [--config config.json] --out DIR
+
+DIR then holds `config.json` (a jaxretrieval config equivalent to the reference's),
+`reference_config.json` and `checkpoints/best/<epoch>/` with the model (and the Ranger
+state, for fine-tuning); `python launch.py --workdir DIR --mode=eval` evaluates it.
+torch is not needed.
+"""
+
+import json
+import pathlib
+
+from absl import app
+from absl import flags
+import jax
+import ml_collections
+
+from configs import common
+from jaxretrieval import checkpointing
+from jaxretrieval.checkpoints import convert
+from jaxretrieval.experts import model_spec
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'reference trained_model.pth', required=True)
+_CONFIG = flags.DEFINE_string('config', None, 'the config.json published with it (default: the '
+                              'config pickled inside the checkpoint)')
+_OUT = flags.DEFINE_string('out', None, 'output workdir', required=True)
+
+REFERENCE_DATASETS = {'AudioCaps': 'audiocaps', 'CLOTHO': 'clotho',
+                      'ActivityNet': 'activitynet_captions', 'QuerYD': 'queryd',
+                      'QuerYDSegments': 'queryd_segments', 'SoundDescs': 'sounddescs'}
+
+
+def config_from_reference(ref: dict, spec) -> ml_collections.ConfigDict:
+  """A jaxretrieval config reproducing a reference run's model, data protocol and training."""
+  loader = ref.get('data_loader', {}).get('args', {})
+  name = loader.get('dataset_name')
+  if name not in REFERENCE_DATASETS:
+    raise ValueError(f'reference dataset {name!r} is not supported: expected one of '
+                     f'{sorted(REFERENCE_DATASETS)}')
+  c = common.with_dataset(common.get_config(), REFERENCE_DATASETS[name])
+  c.experts = spec.expert_names
+  c.model.variant = 'moee' if spec.variant == 'moee' else 'ce'
+  clusters = {e.clusters for e in spec.experts if e.temporal == 'vlad'}
+  if len(clusters) > 1:
+    raise ValueError(f'experts use different VLAD cluster counts {sorted(clusters)}; '
+                     'jaxretrieval configs take one value (model.vlad_clusters)')
+  c.model.vlad_clusters = clusters.pop() if clusters else c.model.vlad_clusters
+  c.model.text_clusters = spec.text_clusters
+  c.model.text_ghost_clusters = spec.text_ghost_clusters
+  c.model.shared_dim = spec.shared_dim
+  tokens = loader.get('max_tokens', {})
+  for ref_name, value in tokens.items():
+    ours = 'text' if ref_name == 'text' else convert.short_name(ref_name)
+    if ours == 'text' or ours in spec.expert_names:
+      c.max_tokens[ours] = int(value)
+  c.fuse_captions = bool(loader.get('fuse_captions', c.fuse_captions))
+  test_args = ref.get('eval_settings', {}).get('data_loader', {}).get('args', {})
+  c.num_test_captions = int(test_args.get('num_test_captions', c.num_test_captions))
+  optimizer = ref.get('optimizer', {}).get('args', {})
+  c.optimizer.learning_rate = float(optimizer.get('lr', c.optimizer.learning_rate))
+  c.optimizer.weight_decay = float(optimizer.get('weight_decay', c.optimizer.weight_decay))
+  c.loss.margin = float(ref.get('loss', {}).get('args', {}).get('margin', c.loss.margin))
+  c.num_epochs = int(ref.get('trainer', {}).get('epochs', c.num_epochs))
+  c.batch_size = int(loader.get('batch_size', c.batch_size))
+  c.seed = int(ref.get('seed', c.seed))
+  return c
+
+
+def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None) -> dict:
+  """Writes the workdir; returns its meta record."""
+  ref = convert.read_reference_checkpoint(checkpoint, config_json)
+  spec = convert.spec_from_reference(ref.config, ref.state_dict)
+  variables = convert.convert_state_dict(ref.state_dict, spec)
+  config = config_from_reference(ref.config, spec)
+  if model_spec(config, {e.name: (e.dim, e.temporal) for e in spec.experts}) != spec:
+    raise AssertionError('the written config would not rebuild the imported architecture')
+  optimizer = None
+  if isinstance(ref.optimizer, dict):
+    optimizer = convert.convert_ranger_state(ref.optimizer, ref.state_dict, spec)
+  out_dir = pathlib.Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  (out_dir / 'reference_config.json').write_text(json.dumps(ref.config, indent=2, default=str))
+  epoch = ref.epoch or 0
+  meta = {'epoch': epoch, 'step': 0, 'source': str(pathlib.Path(checkpoint).absolute()),
+          'val_t2a_geometric_mean': ref.monitor_best, 'variant': spec.variant,
+          'experts': list(spec.expert_names),
+          'num_parameters': int(sum(a.size for a in jax.tree.leaves(variables['params']))),
+          'optimizer_format': 'reference_ranger' if optimizer is not None else None}
+  checkpointing.save(checkpointing.manager(out_dir, 'best'), epoch,
+                     {'params': variables['params'], 'batch_stats': variables['batch_stats']},
+                     meta, optimizer)
+  return meta
+
+
+def main(argv):
+  del argv
+  meta = import_checkpoint(_CHECKPOINT.value, _OUT.value, _CONFIG.value)
+  print(f'imported {meta["variant"]} model with experts {meta["experts"]} '
+        f'({meta["num_parameters"]:,} parameters, epoch {meta["epoch"]}) into {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)

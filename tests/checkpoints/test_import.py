@@ -1,0 +1,164 @@
+"""Importing reference `trained_model.pth` files, checked against a NumPy forward pass."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxretrieval import checkpointing
+from jaxretrieval.checkpoints import convert
+from jaxretrieval.checkpoints.torch_pickle import TorchFileError, load_pth
+from jaxretrieval.experts import model_spec
+from jaxretrieval.import_torch import config_from_reference, import_checkpoint
+from jaxretrieval.models import RetrievalModel
+from tests.reference_checkpoint import (REF_EXPERTS, random_state_dict, reference_config,
+                                        reference_keys, write_reference_checkpoint)
+from tests.reference_numpy import ReferenceCENet
+
+CASES = [  # (dataset, reference modalities, variant)
+    ('CLOTHO', ['audio', 'vggsound'], 'ce'),
+    ('AudioCaps', ['audio', 'vggsound'], 'moee'),
+    ('CLOTHO', ['audio'], 'mimic'),
+    ('AudioCaps', ['r2p1d.r2p1d-ig65m.0', 'imagenet.resnext101_32x48d.0', 'audio'], 'ce'),
+]
+MAX_TOKENS = {'text': 7, 'audio': 5, 'vggsound': 6}
+
+
+def _inputs(modalities, n=5, seed=0):
+  rng = np.random.default_rng(seed)
+  experts, ind = {}, {}
+  for m in modalities:
+    d, temporal = REF_EXPERTS[m]
+    shape = (n, MAX_TOKENS.get(m, 4), d) if temporal == 'vlad' else (n, d)
+    experts[m] = rng.normal(size=shape).astype(np.float32)
+    ind[m] = np.ones(n, np.float32)
+  if len(modalities) > 1:  # one item misses its first expert (zero-filled, masked)
+    ind[sorted(modalities)[0]][2] = 0.0
+    experts[sorted(modalities)[0]][2] = np.nan
+  text = rng.normal(size=(n, MAX_TOKENS['text'], 300)).astype(np.float32)
+  text[1, 4:] = 0.0  # zero padding, seen by the mask-blind NetVLAD
+  return experts, ind, text
+
+
+def _write(tmp_path, dataset, modalities, variant, seed=0, **kwargs):
+  keys = reference_keys(variant, modalities)
+  state_dict = random_state_dict(keys, seed)
+  config = reference_config(dataset, modalities, variant, MAX_TOKENS)
+  path = tmp_path / 'trained_model.pth'
+  write_reference_checkpoint(path, state_dict, config, **kwargs)
+  return path, state_dict, config
+
+
+@pytest.mark.parametrize('dataset,modalities,variant', CASES)
+def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, variant):
+  path, state_dict, _ = _write(tmp_path, dataset, modalities, variant)
+  meta = import_checkpoint(str(path), str(tmp_path / 'work'))
+  assert meta['variant'] == variant and meta['epoch'] == 12
+  restored = checkpointing.restore(checkpointing.manager(tmp_path / 'work', 'best'))
+  config = json.loads((tmp_path / 'work' / 'config.json').read_text())
+  spec = model_spec(ml_collections.ConfigDict(config),
+                    {convert.short_name(m): REF_EXPERTS[m] for m in modalities})
+  model = RetrievalModel(spec)
+  reference = ReferenceCENet(state_dict, modalities, variant)
+  experts, ind, text = _inputs(modalities)
+  batch = {'experts': {convert.short_name(m): jnp.asarray(x) for m, x in experts.items()},
+           'availability': jnp.asarray(np.stack([ind[m] for m in sorted(modalities)], 1)),
+           'text': jnp.asarray(text)}
+  variables = restored['model']
+  for train in (False, True):
+    ours = model.apply(variables, batch, train=train, mutable=['batch_stats'])[0]
+    want = reference.similarity(experts, ind, text.astype(np.float64), train=train)
+    np.testing.assert_allclose(ours, want, atol=2e-5, err_msg=f'train={train}')
+
+
+def test_config_round_trip_and_protocol(tmp_path):
+  _, state_dict, config = _write(tmp_path, 'CLOTHO', ['audio', 'vggsound'], 'ce')
+  spec = convert.spec_from_reference(config, state_dict)
+  ours = config_from_reference(config, spec)
+  assert ours.dataset == 'clotho' and tuple(ours.experts) == ('vggish', 'vggsound')
+  assert (ours.max_tokens.text, ours.max_tokens.vggish, ours.max_tokens.vggsound) == (7, 5, 6)
+  assert ours.num_test_captions == 5 and ours.loss.margin == 0.2
+  assert model_spec(ours) == spec
+
+
+def test_ranger_state_is_imported_with_transposed_kernels(tmp_path):
+  modalities = ['audio']
+  keys = reference_keys('mimic', modalities)
+  state_dict = random_state_dict(keys, 1)
+  params = [k for k, _ in keys if not k.endswith(('running_mean', 'running_var',
+                                                  'num_batches_tracked'))]
+  import torch
+  state = {i: {'step': 37, 'exp_avg': torch.full(state_dict[k].shape, float(i)),
+               'exp_avg_sq': torch.full(state_dict[k].shape, 2.0 * i),
+               'slow_buffer': torch.from_numpy(state_dict[k] * 0.5)} for i, k in enumerate(params)}
+  optimizer = {'state': state, 'param_groups': [{'lr': 0.0035, 'betas': (0.95, 0.999),
+                                                 'params': list(range(len(params)))}]}
+  path = tmp_path / 'm.pth'
+  write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', modalities, 'mimic',
+                                                                MAX_TOKENS), optimizer=optimizer)
+  ref = convert.read_reference_checkpoint(path)
+  spec = convert.spec_from_reference(ref.config, ref.state_dict)
+  converted = convert.convert_ranger_state(ref.optimizer, ref.state_dict, spec)
+  assert int(converted['step']) == 37
+  assert float(converted['learning_rate']) == pytest.approx(0.0035)
+  i = params.index('ce.text_GU.0.fc.weight')
+  np.testing.assert_array_equal(converted['mu']['text_gu_vggish']['fc']['kernel'],
+                                np.full((6000, 768), float(i), np.float32))
+  np.testing.assert_allclose(converted['slow']['text_gu_vggish']['fc']['kernel'],
+                             state_dict['ce.text_GU.0.fc.weight'].T * 0.5)
+  variables = convert.convert_state_dict(ref.state_dict, spec)
+  assert (jax.tree.structure(converted['mu']) == jax.tree.structure(variables['params']))
+
+
+def test_cli_writes_an_evaluable_workdir(tmp_path):
+  path, _, config = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
+  (tmp_path / 'config.json').write_text(json.dumps(config))
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+                        str(path), '--config', str(tmp_path / 'config.json'), '--out',
+                        str(tmp_path / 'w')], capture_output=True, text=True, check=True)
+  assert '7,389,127 parameters' in out.stdout
+  assert checkpointing.latest_step(tmp_path / 'w', 'best') == 12
+  assert json.loads((tmp_path / 'w' / 'config.json').read_text())['experts'] == ['vggish']
+
+
+def test_reader_never_imports_torch(tmp_path):
+  path, _, _ = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
+  code = (f'import sys; from jaxretrieval.checkpoints.torch_pickle import load_pth; '
+          f'd = load_pth({str(path)!r}); assert "torch" not in sys.modules; '
+          f'print(d["config"]._config["data_loader"]["args"]["dataset_name"])')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == 'CLOTHO'
+
+
+def test_mismatches_are_reported_with_the_key(tmp_path):
+  _, state_dict, config = _write(tmp_path, 'CLOTHO', ['audio', 'vggsound'], 'ce')
+  spec = convert.spec_from_reference(config, state_dict)
+  broken = dict(state_dict)
+  del broken['ce.g_reason_1.weight']
+  with pytest.raises(convert.CheckpointMismatch, match='does not fill.*relation/fc_in/kernel'):
+    convert.convert_state_dict(broken, spec)
+  broken = dict(state_dict, **{'ce.video_GU.1.cg.fc.weight': np.zeros((768, 767), np.float32)})
+  with pytest.raises(convert.CheckpointMismatch, match=r"ce.video_GU.1.cg.fc.weight.*\(767, 768\)"):
+    convert.convert_state_dict(broken, spec)
+  broken = dict(state_dict, **{'ce.mystery.weight': np.zeros(3, np.float32)})
+  with pytest.raises(convert.CheckpointMismatch, match='ce.mystery.weight'):
+    convert.convert_state_dict(broken, spec)
+  legacy = dict(state_dict, **{'ce.moe_cg.fc.weight': np.zeros((2, 2), np.float32)})
+  convert.convert_state_dict(legacy, spec)  # the reference drops these keys too
+  bad = json.loads(json.dumps(config))
+  bad['arch']['args']['use_ce'] = 'triplet'
+  with pytest.raises(convert.CheckpointMismatch, match='triplet'):
+    convert.spec_from_reference(bad, state_dict)
+
+
+def test_unreadable_files_are_reported(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no checkpoint file'):
+    load_pth(tmp_path / 'absent.pth')
+  (tmp_path / 'legacy.pth').write_bytes(b'\x80\x02not a zip')
+  with pytest.raises(TorchFileError, match='not a zip-serialised'):
+    load_pth(tmp_path / 'legacy.pth')
