@@ -28,6 +28,8 @@ KNOWN_EXPERTS = {e.name: e for e in [
     ExpertInfo('inst', 'imagenet.resnext101_32x48d.0', 2048, 'avg', 'Inst'),
     ExpertInfo('r2p1d', 'r2p1d.r2p1d-ig65m.0', 512, 'avg', 'R2P1D'),
     ExpertInfo('scene', 'scene.densenet161.0', 2208, 'avg', 'Scene'),
+    ExpertInfo('face', 'face', 512, 'avg', 'Face'),
+    ExpertInfo('ocr', 'ocr', 300, 'vlad', 'OCR'),
 ]}
 BY_REF_NAME = {e.ref_name: e for e in KNOWN_EXPERTS.values()}
 
