@@ -6,3 +6,4 @@ from data_builders.clotho import clotho_dataset_builder
 from data_builders.queryd import queryd_dataset_builder
 from data_builders.queryd_segments import queryd_segments_dataset_builder
 from data_builders.sounddescs import sounddescs_dataset_builder
+from data_builders.synthcaps import synthcaps_dataset_builder

@@ -30,6 +30,9 @@ KNOWN_EXPERTS = {e.name: e for e in [
     ExpertInfo('scene', 'scene.densenet161.0', 2208, 'avg', 'Scene'),
     ExpertInfo('face', 'face', 512, 'avg', 'Face'),
     ExpertInfo('ocr', 'ocr', 300, 'vlad', 'OCR'),
+    # Computed by this project (jaxretrieval.features): SynthCaps and users' own audio.
+    ExpertInfo('logmel', 'logmel', 128, 'vlad', 'log-mel'),
+    ExpertInfo('spectral', 'spectral', 32, 'vlad', 'MFCC+spectral'),
 ]}
 BY_REF_NAME = {e.ref_name: e for e in KNOWN_EXPERTS.values()}
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxretrieval.data.release_files import (ReleaseFileError, UnexpectedPickleContent,
                                              is_missing, load_feature_file, read_split_list)
+from jaxretrieval.features.experts import DIMS as EXPERT_DIMS
 
 URL = ('http://www.robots.ox.ac.uk/~vgg/research/collaborative-experts/data/features-v2/'
        '{name}-experts-audio-only.tar.gz')
@@ -115,6 +116,17 @@ RELEASES = {
          ExpertFile('vggsound', 'aggregated_vggsound/vggsound-raw.pkl', 512)),
         fused_captions=True),
 }
+
+
+def computed_release(name: str, splits, experts: dict[str, int]) -> Release:
+  """The layout `jaxretrieval.features` writes (SynthCaps and users' own audio)."""
+  return Release(
+      name, name, {s: f'{s}_list.txt' for s in splits}, 'structured-symlinks/raw-captions.pkl',
+      _TEXT, tuple(ExpertFile(e, f'aggregated_{e}/{e}-raw.pkl', d) for e, d in experts.items()),
+      audio_files='audio_files.json')
+
+
+RELEASES['synthcaps'] = computed_release('SynthCaps', ('train', 'val', 'test'), EXPERT_DIMS)
 
 
 def find_root(release: Release, directory: pathlib.Path) -> pathlib.Path | None:
