@@ -32,10 +32,10 @@ DATASETS = {
     'sounddescs': dict(
         max_tokens=dict(text=46, vggish=400, vggsound=400, pann=29, syncnet=29), flaky=(),
         num_test_captions=1, fuse_captions=True, val_split='val', test_split='test'),
-    # SynthCaps: 0.96 s log-mel frames of clips up to ~6 s; 20 ms spectral frames.
+    # SynthCaps: clips of up to ~5.5 s: 0.96 s log-mel patches, 100 ms spectral frames.
     'synthcaps': dict(
-        max_tokens=dict(text=24, logmel=8, spectral=48), flaky=(), num_test_captions=5,
-        fuse_captions=False, val_split='val', test_split='test'),
+        tfds_name='synthcaps/small', max_tokens=dict(text=32, logmel=6, spectral=56), flaky=(),
+        num_test_captions=5, fuse_captions=False, val_split='val', test_split='test'),
 }
 
 
@@ -45,8 +45,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   # Data.
-  c.dataset = 'clotho'  # TFDS name, a key of DATASETS
+  c.dataset = 'clotho'  # a key of DATASETS
+  c.tfds_name = 'clotho'  # TFDS dataset (and config) to read
   c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
+  c.manual_dir = ''  # when set and the dataset is not built yet, build it from this folder
   c.experts = ('vggish', 'vggsound')
   c.train_split = 'train'
   c.train_fraction = 1.0  # a seeded subset of the train split (Fig. 1c)
@@ -103,6 +105,7 @@ def with_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.Conf
     raise ValueError(f'config.dataset={name!r}: expected one of {sorted(DATASETS)}')
   d = DATASETS[name]
   c.dataset = name
+  c.tfds_name = d.get('tfds_name', name)
   c.max_tokens = ml_collections.ConfigDict(d['max_tokens'])
   c.flaky = d['flaky']
   c.num_test_captions = d['num_test_captions']

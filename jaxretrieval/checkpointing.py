@@ -39,20 +39,20 @@ def save(mngr: ocp.CheckpointManager, step: int, model: Any, meta: dict,
   mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, model_target: Any = None,
-            optimizer_target: Any = None, step: int | None = None) -> dict:
-  """Restores `model` and `meta` (and `optimizer` when a target is given) of a step.
+def restore(mngr: ocp.CheckpointManager, items: tuple[str, ...] = ('model', 'meta'),
+            targets: dict | None = None, step: int | None = None) -> dict:
+  """Restores `items` of a step (default: the newest).
 
-  Targets are abstract or concrete pytrees fixing structure and dtypes; without one the
-  saved structure is restored as host arrays.
+  `targets` (item -> abstract or concrete pytree) fix structure and dtypes; an item without
+  one is restored in its saved structure as host arrays.
   """
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {mngr.directory}')
-  items = {'model': ocp.args.StandardRestore(model_target), 'meta': ocp.args.JsonRestore()}
-  if optimizer_target is not None:
-    items['optimizer'] = ocp.args.StandardRestore(optimizer_target)
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  targets = targets or {}
+  args = {k: ocp.args.JsonRestore() if k == 'meta' else ocp.args.StandardRestore(targets.get(k))
+          for k in items}
+  restored = mngr.restore(step, args=ocp.args.Composite(**args))
   return {k: restored[k] for k in items}
 
 

@@ -73,6 +73,7 @@ def model_spec(config, dims: dict[str, tuple[int, str]] | None = None) -> ModelS
     raise ValueError(f"config.model.variant={variant!r}: expected 'ce' or 'moee'")
   if variant == 'ce' and len(experts) == 1:
     variant = 'mimic'
+  temperature = config.loss.temperature if config.loss.name == 'infonce' else None
   return ModelSpec(variant=variant, experts=experts, text_clusters=m.text_clusters,
                    text_ghost_clusters=m.text_ghost_clusters, shared_dim=m.shared_dim,
-                   use_mask=m.use_mask)
+                   use_mask=m.use_mask, initial_temperature=temperature)

@@ -117,3 +117,20 @@ def ranger(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 1e-3,
                      optax.add_decayed_weights(weight_decay),
                      optax.scale_by_learning_rate(learning_rate))
   return lookahead(fast, sync_period, slow_step_size)
+
+
+def with_reference_state(opt_state: LookaheadState, reference: dict) -> LookaheadState:
+  """A fresh `ranger` state carrying an imported reference Ranger state.
+
+  `reference` holds `step`, `mu`, `nu` and `slow` trees shaped like the parameters (see
+  `checkpoints.convert.convert_ranger_state`). The learning-rate schedule restarts at 0.
+  """
+  radam, *rest = opt_state.inner
+  step = jnp.asarray(reference['step'], jnp.int32)
+  radam = radam._replace(count=step, mu=reference['mu'], nu=reference['nu'])
+  return opt_state._replace(inner=(radam, *rest), slow=reference['slow'], count=step)
+
+
+def restart_schedule(opt_state: LookaheadState, fresh: LookaheadState) -> LookaheadState:
+  """`opt_state` with the learning-rate schedule's step count of `fresh` (a new run)."""
+  return opt_state._replace(inner=opt_state.inner[:-1] + (fresh.inner[-1],))

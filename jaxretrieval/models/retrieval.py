@@ -50,6 +50,8 @@ class ModelSpec:
   text_ghost_clusters: int = 1
   shared_dim: int = 768
   use_mask: bool = False
+  # InfoNCE: a learned temperature, kept as the parameter `logit_scale` = log(1 / T).
+  initial_temperature: float | None = None
 
   def __post_init__(self):
     if self.variant not in VARIANTS:
@@ -104,6 +106,9 @@ class RetrievalModel(nn.Module):
       self.audio_head = SingleExpertGating(names[0], spec.shared_dim, ax, dt)
     else:
       self.audio_head = MixtureOfEmbeddedExperts(names, spec.embed_dims(), ax, dt)
+    if spec.initial_temperature is not None:
+      self.logit_scale = self.param('logit_scale', nn.initializers.constant(
+          -np.log(spec.initial_temperature)), ())
 
   def encode_audio(self, experts: dict[str, Array], availability: Array, train: bool,
                    row_mask: Array | None = None,

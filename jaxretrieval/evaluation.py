@@ -1,0 +1,124 @@
+"""Retrieval evaluation: embed a split's items and captions, score, rank (REFERENCE §5).
+
+Items and captions are embedded separately in fixed-size chunks over all local devices
+(BatchNorm uses running statistics, so chunking changes nothing), then every caption is
+scored against every item with the mixture-weighted similarity.
+"""
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from jaxretrieval.input_pipeline import SplitData, eval_queries
+from jaxretrieval.metrics import retrieval_metrics
+from jaxretrieval.models import RetrievalModel, mixture_similarity
+
+METRIC_COLUMNS = ('R1', 'R5', 'R10', 'R50', 'MedR', 'MeanR', 'geometric_mean_R1-R5-R10')
+
+
+class Embedder:
+  """Pmapped audio and text towers in eval mode."""
+
+  def __init__(self, model: RetrievalModel, chunk: int):
+    self.chunk = chunk
+    self.devices = jax.local_device_count()
+
+    def audio(variables, batch):
+      return model.apply(variables, batch['experts'], batch['availability'], False,
+                         lengths=batch['expert_lengths'], method=RetrievalModel.encode_audio)
+
+    def text(variables, batch, table):
+      return model.apply(variables, table[batch['text_ids']], False,
+                         lengths=batch['text_lengths'], method=RetrievalModel.encode_text)
+
+    self._audio = jax.pmap(audio, axis_name='batch')
+    self._text = jax.pmap(text, axis_name='batch')  # the word table is replicated too
+
+  def _chunks(self, fn, arrays: dict, n: int):
+    """fn over `arrays` (leading dim n) in rounds of devices x chunk rows, padded."""
+    per_round = self.devices * self.chunk
+    outputs = []
+    for start in range(0, n, per_round):
+      index = np.arange(start, start + per_round)
+      index = np.where(index < n, index, start)  # pad with a real row; dropped below
+      part = jax.tree.map(lambda a: a[index].reshape((self.devices, self.chunk) + a.shape[1:]),
+                          arrays)
+      outputs.append(jax.tree.map(lambda x: np.asarray(x).reshape((per_round,) + x.shape[2:]),
+                                  fn(part)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outputs)
+
+  def items(self, variables, data: SplitData):
+    arrays = {'experts': data.experts, 'availability': data.availability,
+              'expert_lengths': data.lengths}
+    return self._chunks(lambda b: self._audio(variables, b), arrays, len(data))
+
+  def captions(self, variables, data: SplitData, rows: np.ndarray, table):
+    arrays = {'text_ids': data.caption_ids[rows], 'text_lengths': data.caption_lengths[rows]}
+    return self._chunks(lambda b: self._text(variables, b, table), arrays, len(rows))
+
+
+@jax.jit
+def _similarity(text, weights, audio, availability):
+  return mixture_similarity(text, weights, audio, availability)
+
+
+def similarity_matrix(text: dict, weights: np.ndarray, audio: dict, availability: np.ndarray,
+                      chunk: int = 8192) -> np.ndarray:
+  """`[Q, N]` similarities, computed in query chunks of a fixed size."""
+  q = len(weights)
+  out = np.empty((q, len(availability)), np.float32)
+  audio, availability = jax.device_put((audio, availability))
+  for start in range(0, q, chunk):
+    stop = min(q, start + chunk)
+    index = np.arange(start, start + chunk).clip(max=q - 1)
+    part = _similarity({e: t[index] for e, t in text.items()}, weights[index], audio,
+                       availability)
+    out[start:stop] = np.asarray(part)[:stop - start]
+  return out
+
+
+def evaluate_split(embedder: Embedder, variables, data: SplitData, num_captions: int,
+                   table) -> dict:
+  """t2a and a2t metrics of a split with `num_captions` independent queries per item."""
+  start = time.time()
+  audio = embedder.items(variables, data)
+  rows, masks = eval_queries(data, num_captions)
+  text, weights = embedder.captions(variables, data, rows, table)
+  sims = similarity_matrix(text, weights, audio, data.availability)
+  metrics = retrieval_metrics(sims, masks)
+  metrics['seconds'] = time.time() - start
+  metrics['num_items'] = len(data)
+  return metrics
+
+
+def markdown_table(rows: list[tuple[str, dict]], title: str = 'experiment') -> str:
+  """A paper-style table: one row per entry, t2a then a2t columns."""
+  names = ['R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR', 'Geom']
+  header = f'| {title} | ' + ' | '.join(f't2a {c}' for c in names) + ' | ' + ' | '.join(
+      f'a2t {c}' for c in names) + ' |'
+  lines = [header, '|' + '---|' * (1 + 2 * len(names))]
+  for name, cells in rows:
+    lines.append(f'| {name} | ' + ' | '.join(cells[d][c] for d in ('t2a', 'a2t')
+                                             for c in METRIC_COLUMNS) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def format_metrics(metrics: dict) -> dict:
+  """Metric values as table cells (one decimal, like the paper)."""
+  return {d: {c: f'{metrics[d][c]:.1f}' for c in METRIC_COLUMNS} for d in ('t2a', 'a2t')}
+
+
+def write_results(workdir: pathlib.Path, results: dict, name: str = 'results') -> None:
+  """`<name>.json` (everything) and `<name>.md` (the test table) in the workdir."""
+  workdir = pathlib.Path(workdir)
+  (workdir / f'{name}.json').write_text(json.dumps(results, indent=2, default=float))
+  label = f"{results['variant']} — {'+'.join(results['experts'])} on {results['dataset']}"
+  text = markdown_table([(label, format_metrics(results['test']))])
+  text += (f"\nTest split `{results['test_split']}`: {results['test']['num_items']} items, "
+           f"{results['test']['t2a']['num_queries']} text queries. Best epoch "
+           f"{results.get('best_epoch')} of {results.get('epochs_trained')}; "
+           f"{results['num_parameters']:,} parameters.\n")
+  (workdir / f'{name}.md').write_text(text)
