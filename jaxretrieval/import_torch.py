@@ -22,11 +22,6 @@ from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
 from jaxretrieval.experts import model_spec
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'reference trained_model.pth', required=True)
-_CONFIG = flags.DEFINE_string('config', None, 'the config.json published with it (default: the '
-                              'config pickled inside the checkpoint)')
-_OUT = flags.DEFINE_string('out', None, 'output workdir', required=True)
-
 REFERENCE_DATASETS = {'AudioCaps': 'audiocaps', 'CLOTHO': 'clotho',
                       'ActivityNet': 'activitynet_captions', 'QuerYD': 'queryd',
                       'QuerYDSegments': 'queryd_segments', 'SoundDescs': 'sounddescs'}
@@ -68,12 +63,14 @@ def config_from_reference(ref: dict, spec) -> ml_collections.ConfigDict:
   return c
 
 
-def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None) -> dict:
+def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
+                      data_dir: str = '') -> dict:
   """Writes the workdir; returns its meta record."""
   ref = convert.read_reference_checkpoint(checkpoint, config_json)
   spec = convert.spec_from_reference(ref.config, ref.state_dict)
   variables = convert.convert_state_dict(ref.state_dict, spec)
   config = config_from_reference(ref.config, spec)
+  config.data_dir = data_dir
   if model_spec(config, {e.name: (e.dim, e.temporal) for e in spec.experts}) != spec:
     raise AssertionError('the written config would not rebuild the imported architecture')
   optimizer = None
@@ -97,10 +94,18 @@ def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None)
 
 def main(argv):
   del argv
-  meta = import_checkpoint(_CHECKPOINT.value, _OUT.value, _CONFIG.value)
+  f = flags.FLAGS
+  meta = import_checkpoint(f.checkpoint, f.out, f.config, f.data_dir)
   print(f'imported {meta["variant"]} model with experts {meta["experts"]} '
-        f'({meta["num_parameters"]:,} parameters, epoch {meta["epoch"]}) into {_OUT.value}')
+        f'({meta["num_parameters"]:,} parameters, epoch {meta["epoch"]}) into {f.out}; '
+        f'evaluate it with: python launch.py --mode=eval --workdir {f.out}')
 
 
 if __name__ == '__main__':
+  flags.DEFINE_string('checkpoint', None, 'reference trained_model.pth', required=True)
+  flags.DEFINE_string('config', None, 'the config.json published with it (default: the config '
+                      'pickled inside the checkpoint)')
+  flags.DEFINE_string('out', None, 'output workdir', required=True)
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir recorded in the written config (default: '
+                      'TFDS default)')
   app.run(main)

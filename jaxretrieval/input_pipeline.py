@@ -99,16 +99,16 @@ def _pad(array: np.ndarray, length: int) -> tuple[np.ndarray, int]:
 def load_split(builder, split: str, config, spec: ModelSpec, table: WordTable) -> SplitData:
   """Reads a TFDS split into a SplitData for the model's experts."""
   experts = spec.expert_names
-  max_tokens = config.max_tokens
-  missing = [e.name for e in spec.experts if e.temporal == 'vlad' and e.name not in max_tokens]
-  if missing or 'text' not in max_tokens:
-    raise ValueError(f'config.max_tokens lacks {missing or ["text"]}: set the token limit of '
-                     'every temporal expert and of the text')
   features = builder.info.features['experts']
   for e in experts:
     if e not in features:
       raise ValueError(f'config.experts names {e!r}, which {builder.name} does not have; its '
                        f'experts are {sorted(features.keys())}')
+  max_tokens = config.max_tokens
+  missing = [e.name for e in spec.experts if e.temporal == 'vlad' and e.name not in max_tokens]
+  if missing or 'text' not in max_tokens:
+    raise ValueError(f'config.max_tokens lacks {missing or ["text"]}: set the token limit of '
+                     'every temporal expert and of the text')
   out = {k: [] for k in ('ids', 'paths', 'avail', 'cap_ids', 'cap_len', 'start', 'count',
                          'captions')}
   feats = {e: [] for e in experts}

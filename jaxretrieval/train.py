@@ -90,24 +90,31 @@ def contrastive_loss(params, loss_config, text, weights, audio, availability,
   return total / count
 
 
-def train_step(state: TrainState, batch: dict, word_table: jax.Array, *, model: RetrievalModel,
-               loss_config, schedule) -> tuple[TrainState, dict]:
-  """One optimisation step on this device's shard of the global batch."""
+def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array, *,
+                   model: RetrievalModel, loss_config):
+  """Global-batch loss, its gradients (summed over devices) and the new BN statistics."""
   inputs = model_inputs(batch, word_table)
 
   def loss_fn(params):
     (text, weights, audio), updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, inputs, train=True,
+        {'params': params, 'batch_stats': batch_stats}, inputs, train=True,
         mutable=['batch_stats'], method=RetrievalModel.embed)
     loss = contrastive_loss(params, loss_config, text, weights, audio,
                             batch['availability'], batch['row_mask'] > 0)
-    return loss, updates
+    return loss, updates['batch_stats']
 
-  (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.psum(grads, AXIS)
-  new_state = state.apply_gradients(grads=grads, batch_stats=updates['batch_stats'])
-  metrics = {'loss': jax.lax.psum(loss, AXIS), 'learning_rate': schedule(state.step),
-             'grad_norm': optax.global_norm(grads)}
+  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return jax.lax.psum(loss, AXIS), jax.lax.psum(grads, AXIS), new_stats
+
+
+def train_step(state: TrainState, batch: dict, word_table: jax.Array, *, model: RetrievalModel,
+               loss_config, schedule) -> tuple[TrainState, dict]:
+  """One optimisation step on this device's shard of the global batch."""
+  loss, grads, batch_stats = loss_and_grads(state.params, state.batch_stats, batch, word_table,
+                                            model=model, loss_config=loss_config)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {'loss': loss, 'learning_rate': schedule(state.step),
+             'grad_norm': optax.tree.norm(grads)}
   return new_state, metrics
 
 

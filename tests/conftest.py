@@ -4,3 +4,35 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='session')
+def synthcaps_tiny(tmp_path_factory):
+  """A TFDS data_dir holding synthcaps/tiny, built once per session."""
+  from data_builders.synthcaps.synthcaps_dataset_builder import Builder
+  data_dir = tmp_path_factory.mktemp('synthcaps')
+  Builder(config='tiny', data_dir=str(data_dir)).download_and_prepare()
+  return data_dir
+
+
+def tiny_config(data_dir, **overrides):
+  """CE on synthcaps/tiny, sized to train in seconds."""
+  from configs import ce_synthcaps
+  c = ce_synthcaps.get_config()
+  c.tfds_name = 'synthcaps/tiny'
+  c.data_dir = str(data_dir)
+  c.batch_size = 16
+  c.num_epochs = 2
+  c.log_every_steps = 2
+  c.model.shared_dim = 64
+  c.model.vlad_clusters = 4
+  c.model.text_clusters = 6
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c

@@ -1,6 +1,7 @@
 """Generates SynthCaps in the release layout: wav files, computed experts, captions."""
 
 import concurrent.futures
+import multiprocessing
 import os
 import pathlib
 
@@ -48,7 +49,8 @@ def generate(root: pathlib.Path, sizes: dict[str, int], seed: int, workers: int 
     return
   (root / 'audio').mkdir(parents=True, exist_ok=True)
   jobs = [(root, seed, s, i) for s in SPLITS for i in range(sizes[s])]
-  with concurrent.futures.ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+      workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context('spawn')) as pool:
     items = list(pool.map(_clip, jobs, chunksize=16))
   words = WordVectors(captions_lib.word_vectors(vocabulary(items)))
   splits = {s: [it.id for it in items if it.id.startswith(s + '_')] for s in SPLITS}

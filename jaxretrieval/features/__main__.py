@@ -12,6 +12,7 @@ OUT/failed_files.txt) and the rest are processed.
 
 import collections
 import concurrent.futures
+import multiprocessing
 import csv
 import os
 import pathlib
@@ -96,7 +97,8 @@ def main(argv):
     print(f'captions name {len(unknown)} file(s) not found under {audio_dir}: '
           f'{", ".join(unknown[:10])}', file=sys.stderr)
   items, failed, start = [], [], time.time()
-  with concurrent.futures.ProcessPoolExecutor(max(1, _WORKERS.value)) as pool:
+  with concurrent.futures.ProcessPoolExecutor(
+      max(1, _WORKERS.value), mp_context=multiprocessing.get_context('spawn')) as pool:
     for k, (item, path, (experts, error)) in enumerate(
         zip(ids, files, pool.map(_extract, files, chunksize=8)), start=1):
       if error is not None:

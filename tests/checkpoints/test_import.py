@@ -162,3 +162,43 @@ def test_unreadable_files_are_reported(tmp_path):
   (tmp_path / 'legacy.pth').write_bytes(b'\x80\x02not a zip')
   with pytest.raises(TorchFileError, match='not a zip-serialised'):
     load_pth(tmp_path / 'legacy.pth')
+
+
+@pytest.mark.slow
+def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
+  """Import -> launch.py --mode=eval on a miniature CLOTHO equals the NumPy reference."""
+  import pathlib
+  from jaxretrieval.metrics import retrieval_metrics
+  from tests.data.test_release_builders import build
+  from tests.release_miniature import make_contents, write_release
+  contents = make_contents('clotho', {'train': 3, 'val': 3, 'test': 9})
+  build('clotho', tmp_path, write_release('clotho', tmp_path, contents))
+  modalities = ['audio', 'vggsound']
+  path, state_dict, config = _write(tmp_path, 'CLOTHO', modalities, 'ce', seed=5)
+  root = pathlib.Path(__file__).resolve().parents[2]
+  subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', f'--checkpoint={path}',
+                  f'--out={tmp_path / "w"}', f'--data_dir={tmp_path / "tfds"}'], check=True,
+                 capture_output=True, cwd=root)
+  subprocess.run([sys.executable, 'launch.py', '--mode=eval', f'--workdir={tmp_path / "w"}'],
+                 check=True, capture_output=True, cwd=root)
+  ours = json.loads((tmp_path / 'w' / 'results.json').read_text())['test']
+  # The reference's evaluation: first max_tokens frames, zero padding, 5 captions per item.
+  ids = contents['ids']['test']
+  names = {'audio': 'vggish', 'vggsound': 'vggsound'}
+  experts, ind = {}, {}
+  for m in modalities:
+    t = MAX_TOKENS[m]
+    experts[m] = np.zeros((len(ids), t, REF_EXPERTS[m][0]))
+    for i, item in enumerate(ids):
+      x = contents['features'][names[m]][item][:t]
+      experts[m][i, :len(x)] = x
+    ind[m] = np.ones(len(ids))
+  text = np.zeros((len(ids) * 5, MAX_TOKENS['text'], 300))
+  for i, item in enumerate(ids):
+    for c, v in enumerate(contents['vectors'][item]):
+      text[i * 5 + c, :min(len(v), MAX_TOKENS['text'])] = v[:MAX_TOKENS['text']]
+  sims = ReferenceCENet(state_dict, modalities, 'ce').similarity(experts, ind, text)
+  want = retrieval_metrics(sims.astype(np.float32), np.ones((len(ids), 5)))
+  for d in ('t2a', 'a2t'):
+    for k in ('R1', 'R5', 'R10', 'MedR', 'MeanR'):
+      assert ours[d][k] == pytest.approx(want[d][k]), (d, k)

@@ -1,0 +1,80 @@
+"""Every experiment config builds its model and takes a training step on miniature data."""
+
+import functools
+import importlib
+import pathlib
+
+from flax import jax_utils
+import jax
+import numpy as np
+import pytest
+
+from configs import common
+from jaxretrieval import train
+from jaxretrieval.experts import model_spec
+from jaxretrieval.models import RetrievalModel
+
+CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
+                 if p.stem not in ('__init__', 'common'))
+
+
+def one_step(config, batch_size=4):
+  spec = model_spec(config)
+  schedule = train.lr_schedule(config, 10, config.optimizer.learning_rate)
+  rng = np.random.default_rng(0)
+  batch = {
+      'experts': {e.name: rng.normal(size=(batch_size, config.max_tokens[e.name], e.dim)
+                                     if e.temporal == 'vlad' else (batch_size, e.dim)
+                                     ).astype(np.float32) for e in spec.experts},
+      'expert_lengths': {e.name: np.ones(batch_size, np.int32) for e in spec.experts},
+      'availability': np.ones((batch_size, len(spec.experts)), np.float32),
+      'text_ids': rng.integers(1, 9, (batch_size, config.max_tokens.text)).astype(np.int32),
+      'text_lengths': np.full(batch_size, config.max_tokens.text, np.int32),
+      'row_mask': np.ones(batch_size, np.float32),
+  }
+  table = rng.normal(size=(9, 300)).astype(np.float32)
+  sample = {'experts': {k: v[:2] for k, v in batch['experts'].items()},
+            'availability': batch['availability'][:2],
+            'text': np.zeros((2, config.max_tokens.text, 300), np.float32)}
+  state = train.create_train_state(jax.random.key(0), RetrievalModel(spec),
+                                   train.make_optimizer(config, schedule), sample)
+  step = jax.pmap(functools.partial(train.train_step, model=RetrievalModel(spec, axis_name='batch'),
+                                    loss_config=config.loss, schedule=schedule), axis_name='batch')
+  before = jax.tree.leaves(state.params)[0].copy()
+  new_state, metrics = step(jax_utils.replicate(state), jax.tree.map(lambda x: x[None], batch),
+                            jax_utils.replicate(table))
+  after = jax.tree.leaves(jax_utils.unreplicate(new_state).params)[0]
+  return spec, float(metrics['loss'][0]), not np.array_equal(before, after)
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_config_builds_and_trains(name):
+  config = importlib.import_module(f'configs.{name}').get_config()
+  assert config.dataset in common.DATASETS
+  assert config.batch_size == 128 and config.num_epochs == 20 and config.loss.margin == 0.2
+  spec, loss, moved = one_step(config)
+  assert np.isfinite(loss) and loss > 0 and moved
+  assert set(spec.expert_names) == set(config.experts)
+
+
+@pytest.mark.parametrize('arg,experts,variant', [
+    ('experts=scene,vggish', ('vggish', 'scene'), 'ce'),
+    ('experts=r2p1d+inst', ('inst', 'r2p1d'), 'ce'),
+    ('experts=inst', ('inst',), 'mimic'),
+])
+def test_expert_ablation_through_the_config_argument(arg, experts, variant):
+  from configs import ce_audiocaps
+  spec, loss, _ = one_step(ce_audiocaps.get_config(arg))
+  assert spec.expert_names == experts and spec.variant == variant and np.isfinite(loss)
+
+
+def test_config_arguments():
+  from configs import ce_audiocaps_fraction, ce_clotho_from_audiocaps
+  c = ce_audiocaps_fraction.get_config('fraction=0.25,seed=2')
+  assert (c.train_fraction, c.seed, c.dataset) == (0.25, 2, 'audiocaps')
+  c = ce_clotho_from_audiocaps.get_config('init_from=/w/ac,seed=1')
+  assert (c.init_from, c.init_optimizer, c.dataset, c.seed) == ('/w/ac', True, 'clotho', 1)
+  with pytest.raises(ValueError, match="unknown key 'lr'"):
+    common.parse_arg('lr=3', experts=('a',), seed=0)
+  with pytest.raises(ValueError, match='expected one of'):
+    common.with_dataset(common.get_config(), 'mnist')
