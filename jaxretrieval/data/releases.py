@@ -239,6 +239,15 @@ class ReleaseReader:
                                f'values, expected finite [tokens, {WORD_DIM}]')
     return texts, [a.astype(np.float32) for a in arrays]
 
+  def audio_examples(self, split: str) -> Iterator[tuple[str, dict]]:
+    """(id, example) with `id`, `audio_path`, `experts` and `available` only (no captions)."""
+    for item in self.split_ids(split):
+      experts, available = {}, {}
+      for expert in self.release.experts:
+        experts[expert.name], available[expert.name] = self._feature(expert, item)
+      yield item, {'id': item, 'audio_path': self._audio_path(item), 'experts': experts,
+                   'available': available}
+
   def examples(self, split: str) -> Iterator[tuple[str, dict]]:
     """(id, example) for every item of a split.
 
@@ -246,13 +255,9 @@ class ReleaseReader:
     float32, empty `[0, D]` / zeros when missing); `available` (name -> bool); `captions`
     (texts); `caption_vectors` (one `[tokens, 300]` array per caption).
     """
-    for item in self.split_ids(split):
-      experts, available = {}, {}
-      for expert in self.release.experts:
-        experts[expert.name], available[expert.name] = self._feature(expert, item)
-      captions, vectors = self._text(item)
-      yield item, {'id': item, 'audio_path': self._audio_path(item), 'experts': experts,
-                   'available': available, 'captions': captions, 'caption_vectors': vectors}
+    for item, example in self.audio_examples(split):
+      example['captions'], example['caption_vectors'] = self._text(item)
+      yield item, example
 
   def _audio_path(self, item: str) -> str:
     """Absolute path of the item's audio file where the release lists one, else ''."""

@@ -23,8 +23,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jaxretrieval.features.audio_io import AUDIO_SUFFIXES, AudioReadError, read_audio
-from jaxretrieval.features.experts import extract
+from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
+from jaxretrieval.features.experts import extract_file
 from jaxretrieval.features.release_writer import Item, write_release
 from jaxretrieval.text import WordVectors
 
@@ -39,13 +39,6 @@ _SEED = flags.DEFINE_integer('seed', 0, 'seed of the split')
 _WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'extraction processes')
 
 SPLITS = ('train', 'val', 'test')
-
-
-def _extract(path: pathlib.Path):
-  try:
-    return extract(read_audio(path)), None
-  except (AudioReadError, ValueError) as e:
-    return None, str(e)
 
 
 def read_captions(path: pathlib.Path) -> tuple[dict[str, list[str]], dict[str, str]]:
@@ -100,7 +93,7 @@ def main(argv):
   with concurrent.futures.ProcessPoolExecutor(
       max(1, _WORKERS.value), mp_context=multiprocessing.get_context('spawn')) as pool:
     for k, (item, path, (experts, error)) in enumerate(
-        zip(ids, files, pool.map(_extract, files, chunksize=8)), start=1):
+        zip(ids, files, pool.map(extract_file, files, chunksize=8)), start=1):
       if error is not None:
         failed.append(f'{item}\t{error}')
         print(f'cannot read {item}: {error}', file=sys.stderr)

@@ -8,9 +8,12 @@
   flatness, and the frame-to-frame deltas of those last six: `[frames, 32]`.
 """
 
+import pathlib
+
 import numpy as np
 
 from jaxretrieval.features import signal
+from jaxretrieval.features.audio_io import AudioReadError, read_audio
 
 SAMPLE_RATE = 16000
 DIMS = {'logmel': 128, 'spectral': 32}
@@ -48,3 +51,11 @@ def extract(wave: np.ndarray) -> dict[str, np.ndarray]:
   """Every expert of a 16 kHz mono waveform."""
   wave = np.asarray(wave, np.float32)
   return {name: fn(wave) for name, fn in EXTRACTORS.items()}
+
+
+def extract_file(path: pathlib.Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
+  """(experts, None) for a readable audio file, (None, reason) otherwise."""
+  try:
+    return extract(read_audio(path)), None
+  except (AudioReadError, ValueError) as e:
+    return None, str(e)
