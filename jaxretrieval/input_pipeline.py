@@ -96,59 +96,89 @@ def _pad(array: np.ndarray, length: int) -> tuple[np.ndarray, int]:
   return out, n
 
 
+class _ItemArrays:
+  """Collects items' experts (truncated, zero-padded) and availability."""
+
+  def __init__(self, config, spec: ModelSpec):
+    self.spec, self.max_tokens = spec, config.max_tokens
+    missing = [e.name for e in spec.experts if e.temporal == 'vlad' and e.name not in
+               self.max_tokens]
+    if missing or 'text' not in self.max_tokens:
+      raise ValueError(f'config.max_tokens lacks {missing or ["text"]}: set the token limit of '
+                       'every temporal expert and of the text')
+    self.ids, self.paths, self.avail = [], [], []
+    self.feats = {e: [] for e in spec.expert_names}
+    self.lengths = {e: [] for e in spec.expert_names}
+
+  def add(self, item: str, audio_path: str, experts: dict, available: dict) -> None:
+    self.ids.append(item)
+    self.paths.append(audio_path)
+    for e in self.spec.experts:
+      x, n = (_pad(experts[e.name], self.max_tokens[e.name]) if e.temporal == 'vlad'
+              else (experts[e.name], 1))
+      self.feats[e.name].append(x)
+      self.lengths[e.name].append(n)
+    self.avail.append([float(available[e]) for e in self.spec.expert_names])
+
+  def split_data(self, name: str, captions: dict | None = None) -> SplitData:
+    if not self.ids:
+      raise ValueError(f'split {name!r} is empty')
+    availability = np.asarray(self.avail, np.float32)
+    check_availability(availability, self.ids, self.spec.expert_names)
+    captions = captions or {'cap_ids': np.zeros((0, self.max_tokens['text']), np.int32),
+                            'cap_len': [], 'start': np.zeros(len(self.ids)),
+                            'count': np.zeros(len(self.ids)), 'captions': []}
+    return SplitData(
+        name=name, ids=self.ids, audio_paths=self.paths,
+        experts={e: np.stack(v) for e, v in self.feats.items()},
+        lengths={e: np.asarray(v, np.int32) for e, v in self.lengths.items()},
+        availability=availability,
+        caption_ids=np.asarray(captions['cap_ids'], np.int32).reshape(
+            -1, self.max_tokens['text']),
+        caption_lengths=np.asarray(captions['cap_len'], np.int32),
+        caption_start=np.asarray(captions['start'], np.int64),
+        caption_count=np.asarray(captions['count'], np.int64), captions=captions['captions'])
+
+
+def check_experts(available: list[str], experts: tuple[str, ...], source: str) -> None:
+  for e in experts:
+    if e not in available:
+      raise ValueError(f'config.experts names {e!r}, which {source} does not have; its '
+                       f'experts are {sorted(available)}')
+
+
 def load_split(builder, split: str, config, spec: ModelSpec, table: WordTable) -> SplitData:
   """Reads a TFDS split into a SplitData for the model's experts."""
-  experts = spec.expert_names
-  features = builder.info.features['experts']
-  for e in experts:
-    if e not in features:
-      raise ValueError(f'config.experts names {e!r}, which {builder.name} does not have; its '
-                       f'experts are {sorted(features.keys())}')
-  max_tokens = config.max_tokens
-  missing = [e.name for e in spec.experts if e.temporal == 'vlad' and e.name not in max_tokens]
-  if missing or 'text' not in max_tokens:
-    raise ValueError(f'config.max_tokens lacks {missing or ["text"]}: set the token limit of '
-                     'every temporal expert and of the text')
-  out = {k: [] for k in ('ids', 'paths', 'avail', 'cap_ids', 'cap_len', 'start', 'count',
-                         'captions')}
-  feats = {e: [] for e in experts}
-  lengths = {e: [] for e in experts}
+  check_experts(list(builder.info.features['experts'].keys()), spec.expert_names, builder.name)
+  items = _ItemArrays(config, spec)
+  text_tokens = config.max_tokens['text']
+  captions = {k: [] for k in ('cap_ids', 'cap_len', 'start', 'count', 'captions')}
   for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
-    out['ids'].append(example['id'].decode())
-    out['paths'].append(example['audio_path'].decode())
-    for e, e_spec in zip(experts, spec.experts):
-      x = example['experts'][e]
-      if e_spec.temporal == 'vlad':
-        x, n = _pad(x, max_tokens[e])
-      else:
-        n = 1
-      feats[e].append(x)
-      lengths[e].append(n)
-    out['avail'].append([float(example['available'][e]) for e in experts])
+    items.add(example['id'].decode(), example['audio_path'].decode(), example['experts'],
+              example['available'])
     vectors = np.split(example['caption_vectors'], np.cumsum(example['caption_lengths'])[:-1])
     texts = [c.decode() for c in example['captions']]
     if config.fuse_captions:  # one long query of all captions, then truncated
       vectors, texts = [np.concatenate(vectors)], [' '.join(texts)]
-    out['start'].append(len(out['cap_ids']))
-    out['count'].append(len(vectors))
+    captions['start'].append(len(captions['cap_ids']))
+    captions['count'].append(len(vectors))
     for v, text in zip(vectors, texts):
-      v, n = _pad(v, max_tokens['text'])
-      ids = table.ids(v[:n])
-      out['cap_ids'].append(np.pad(ids, (0, max_tokens['text'] - n)))
-      out['cap_len'].append(n)
-      out['captions'].append(text)
-  if not out['ids']:
-    raise ValueError(f'split {split!r} of {builder.name} is empty')
-  availability = np.asarray(out['avail'], np.float32)
-  check_availability(availability, out['ids'], experts)
-  return SplitData(
-      name=split, ids=out['ids'], audio_paths=out['paths'],
-      experts={e: np.stack(feats[e]) for e in experts},
-      lengths={e: np.asarray(lengths[e], np.int32) for e in experts},
-      availability=availability, caption_ids=np.stack(out['cap_ids']).astype(np.int32),
-      caption_lengths=np.asarray(out['cap_len'], np.int32),
-      caption_start=np.asarray(out['start'], np.int64),
-      caption_count=np.asarray(out['count'], np.int64), captions=out['captions'])
+      v, n = _pad(v, text_tokens)
+      captions['cap_ids'].append(np.pad(table.ids(v[:n]), (0, text_tokens - n)))
+      captions['cap_len'].append(n)
+      captions['captions'].append(text)
+  return items.split_data(split, captions)
+
+
+def load_items(examples, config, spec: ModelSpec, name: str) -> SplitData:
+  """A SplitData without captions from (id, example) pairs of ReleaseReader.audio_examples
+  or TFDS examples (what an audio index needs)."""
+  items = _ItemArrays(config, spec)
+  for _, example in examples:
+    decode = lambda v: v.decode() if isinstance(v, bytes) else v
+    items.add(decode(example['id']), decode(example['audio_path']), example['experts'],
+              example['available'])
+  return items.split_data(name)
 
 
 def check_required_experts(data: SplitData, experts: tuple[str, ...], flaky) -> None:

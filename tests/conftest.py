@@ -36,3 +36,21 @@ def tiny_config(data_dir, **overrides):
       target = target[p]
     target[leaf] = value
   return c
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(synthcaps_tiny, tmp_path_factory):
+  """A workdir with a CE model trained for one epoch on synthcaps/tiny."""
+  from jaxretrieval import train
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(workdir))
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def tiny_index(tiny_workdir, tmp_path_factory):
+  """A search index of synthcaps/tiny's test split."""
+  from jaxretrieval.search.build import build_index
+  out = tmp_path_factory.mktemp('index')
+  build_index(str(tiny_workdir), str(out), split='test')
+  return out

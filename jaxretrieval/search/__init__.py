@@ -1,0 +1,1 @@
+"""Searching a sound collection with text: index store, query engine, web server."""

@@ -1,0 +1,50 @@
+r"""Searches an index from the command line.
+
+  python -m jaxretrieval.search --index INDEX "a high beep followed by hiss" -k 10
+"""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from jaxretrieval.search.engine import QueryError, SearchEngine
+from jaxretrieval.search.store import IndexStore
+
+
+def format_result(result) -> str:
+  lines = [f'query: {" ".join(result.tokens)}']
+  if result.unknown:
+    lines.append(f'unknown words (ignored): {", ".join(result.unknown)}')
+  lines.append('expert weights: ' + ', '.join(f'{e} {w:.2f}' for e, w in result.weights.items()))
+  for hit in result.hits:
+    detail = ' | '.join(
+        f'{e} w={x["weight"]:.2f} cos={x["similarity"]:.3f}' if x['similarity'] is not None
+        else f'{e} missing' for e, x in hit.experts.items())
+    where = f'  {hit.audio_path}' if hit.audio_path else ''
+    lines.append(f'{hit.rank:3d}  {hit.score:.4f}  {hit.id}{where}  [{detail}]')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  query = ' '.join(argv[1:])
+  engine = SearchEngine(IndexStore.load(flags.FLAGS.index))
+  try:
+    result = engine.search(query, flags.FLAGS.k)
+  except QueryError as e:
+    print(f'cannot search: {e}', file=sys.stderr)
+    sys.exit(2)
+  if flags.FLAGS.json:
+    print(json.dumps({'query': query, 'unknown': result.unknown, 'weights': result.weights,
+                      'hits': [h.__dict__ for h in result.hits]}, indent=2))
+  else:
+    print(format_result(result))
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('index', None, 'index directory (python -m jaxretrieval.index)',
+                      required=True)
+  flags.DEFINE_integer('k', 10, 'number of results', lower_bound=1)
+  flags.DEFINE_bool('json', False, 'print JSON')
+  app.run(main)

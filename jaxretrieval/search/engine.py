@@ -1,0 +1,138 @@
+"""Free-text queries against an audio index.
+
+A query is tokenised and mapped to word vectors, truncated and zero-padded to the model's
+text length (as in training: NetVLAD sees the padding), and encoded by the text tower. Its
+score for item j is sum_e W_e cos(text_e, audio_e[j]) with the mixture weights renormalised
+over the experts item j has, exactly as in training. Scores and the running top-k are
+computed on the device in fixed-size chunks of items, so millions of items fit.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxretrieval.models import RetrievalModel
+from jaxretrieval.search.store import IndexStore
+from jaxretrieval.text import tokenize
+
+MAX_QUERY_CHARS = 500
+
+
+class QueryError(ValueError):
+  """A query that cannot be searched (empty, or no known word)."""
+
+
+@dataclasses.dataclass
+class Hit:
+  rank: int
+  row: int
+  id: str
+  audio_path: str
+  score: float
+  experts: dict[str, dict[str, float]]  # expert -> {'weight', 'similarity'}
+
+
+@dataclasses.dataclass
+class SearchResult:
+  query: str
+  tokens: list[str]
+  unknown: list[str]
+  weights: dict[str, float]  # the query's mixture weights, before renormalisation
+  hits: list[Hit]
+
+
+@functools.partial(jax.jit, static_argnames=('k',))
+def _top_k(lhs, weights, chunks, availability, k: int):
+  """Top-k scores over item chunks. lhs `[Q, D]` (weighted text), chunks `[n, C, D]`."""
+
+  def body(carry, chunk):
+    (values, index), start = carry
+    rhs, avail = chunk
+    den = weights @ avail.T  # [Q, C]: sum of the weights of the experts each item has
+    scores = jnp.where(den > 0, (lhs @ rhs.T.astype(lhs.dtype)) / jnp.where(den > 0, den, 1.0),
+                       -jnp.inf)
+    chunk_values, chunk_index = jax.lax.top_k(scores, min(k, rhs.shape[0]))
+    merged_values = jnp.concatenate([values, chunk_values], axis=1)
+    merged_index = jnp.concatenate([index, chunk_index + start], axis=1)
+    top, where = jax.lax.top_k(merged_values, k)
+    return ((top, jnp.take_along_axis(merged_index, where, axis=1)),
+            start + rhs.shape[0]), None
+
+  q = lhs.shape[0]
+  init = ((jnp.full((q, k), -jnp.inf), jnp.zeros((q, k), jnp.int32)), jnp.int32(0))
+  ((values, index), _), _ = jax.lax.scan(body, init, (chunks, availability))
+  return values, index
+
+
+class SearchEngine:
+  """Encodes queries and ranks the indexed items."""
+
+  def __init__(self, store: IndexStore, chunk: int = 65536):
+    self.store = store
+    self.names = store.spec.expert_names
+    self.bounds = np.cumsum((0,) + store.widths)
+    n = len(store)
+    self.chunk = min(chunk, n)
+    pad = -n % self.chunk  # padding rows have no expert: they never score
+    emb = jnp.pad(jnp.asarray(store.embeddings), ((0, pad), (0, 0)))
+    avail = jnp.pad(jnp.asarray(store.availability, jnp.float32), ((0, pad), (0, 0)))
+    self.chunks = emb.reshape(-1, self.chunk, emb.shape[1])  # [chunks, C, D] on the device
+    self.chunk_availability = avail.reshape(-1, self.chunk, avail.shape[1])
+    model = RetrievalModel(store.spec)
+    self._encode = jax.jit(lambda v, text: model.apply(v, text, False,
+                                                       method=RetrievalModel.encode_text))
+    self.variables = jax.device_put(store.variables)
+
+  def encode(self, queries: list[str]):
+    """Token lists, unknown words, weighted text `[Q, D]`, text `[Q, D]`, weights `[Q, M]`."""
+    words, t = self.store.words, self.store.text_tokens
+    text = np.zeros((len(queries), t, words.dim), np.float32)
+    tokens, unknown = [], []
+    for i, q in enumerate(queries):
+      if len(q) > MAX_QUERY_CHARS:
+        raise QueryError(f'query of {len(q)} characters; at most {MAX_QUERY_CHARS}')
+      vectors, missing = words.encode(q)
+      tokens.append(tokenize(q))
+      unknown.append(missing)
+      if not tokens[-1]:
+        raise QueryError('empty query: type a few words describing the sound')
+      if not len(vectors):
+        raise QueryError(f'no word of the query {q!r} is in the vocabulary '
+                         f'({len(words.words)} words); unknown: {", ".join(missing)}')
+      vectors = vectors[:t]
+      text[i, :len(vectors)] = vectors
+    emb, weights = self._encode(self.variables, jnp.asarray(text))
+    text_cat = jnp.concatenate([emb[e] for e in self.names], axis=1)
+    lhs = jnp.concatenate([weights[:, i:i + 1] * emb[e] for i, e in enumerate(self.names)], 1)
+    return tokens, unknown, lhs, text_cat, weights
+
+  def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResult]:
+    k = max(1, min(k, len(self.store)))
+    tokens, unknown, lhs, text_cat, weights = self.encode(queries)
+    values, index = _top_k(lhs, weights, self.chunks, self.chunk_availability, k)
+    values, index = np.asarray(values), np.asarray(index)
+    text_cat, weights = np.asarray(text_cat), np.asarray(weights)
+    return [SearchResult(q, tokens[i], unknown[i],
+                         {e: float(weights[i, m]) for m, e in enumerate(self.names)},
+                         [self._hit(r + 1, int(index[i, r]), float(values[i, r]), text_cat[i],
+                                    weights[i]) for r in range(k) if np.isfinite(values[i, r])])
+            for i, q in enumerate(queries)]
+
+  def search(self, query: str, k: int = 10) -> SearchResult:
+    return self.search_batch([query], k)[0]
+
+  def _hit(self, rank: int, row: int, score: float, text: np.ndarray, weights: np.ndarray) -> Hit:
+    """The hit with each expert's renormalised weight and cosine similarity."""
+    store = self.store
+    avail = store.availability[row]
+    emb = np.asarray(store.embeddings[row], np.float32)
+    total = float(np.sum(weights * avail))
+    experts = {}
+    for m, e in enumerate(self.names):
+      block = slice(self.bounds[m], self.bounds[m + 1])
+      experts[e] = {'weight': float(weights[m] * avail[m] / total),
+                    'similarity': float(text[block] @ emb[block]) if avail[m] else None}
+    return Hit(rank, row, store.ids[row], store.audio_paths[row], score, experts)

@@ -1,0 +1,34 @@
+r"""Serves a search page over an index: `python -m jaxretrieval.serve --index INDEX`.
+
+Binds 127.0.0.1:8000 by default; open http://127.0.0.1:8000/ in a browser.
+"""
+
+from absl import app
+from absl import flags
+
+from jaxretrieval.search.engine import SearchEngine
+from jaxretrieval.search.server import make_server
+from jaxretrieval.search.store import IndexStore
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  engine = SearchEngine(IndexStore.load(f.index))
+  server = make_server(engine, f.host, f.port)
+  host, port = server.server_address[:2]
+  print(f'serving {len(engine.store)} items on http://{host}:{port}/ (Ctrl-C stops)', flush=True)
+  try:
+    server.serve_forever()
+  except KeyboardInterrupt:
+    pass
+  finally:
+    server.server_close()
+
+
+if __name__ == '__main__':
+  flags.DEFINE_string('index', None, 'index directory (python -m jaxretrieval.index)',
+                      required=True)
+  flags.DEFINE_string('host', '127.0.0.1', 'address to bind (0.0.0.0 exposes it to the network)')
+  flags.DEFINE_integer('port', 8000, 'port (0: any free port)')
+  app.run(main)

@@ -1,0 +1,105 @@
+"""Search: index building, query encoding and top-k against a direct computation."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxretrieval.models import RetrievalModel, mixture_similarity
+from jaxretrieval.search.engine import QueryError, SearchEngine
+from jaxretrieval.search.store import IndexStore
+
+
+def test_index_holds_every_item_with_paths(tiny_index):
+  store = IndexStore.load(tiny_index)
+  assert len(store) == 16 and store.embeddings.shape == (16, 2 * 64)
+  assert all(p.endswith(f'{i}.wav') for i, p in zip(store.ids, store.audio_paths))
+  norms = np.linalg.norm(store.embeddings.reshape(16, 2, 64), axis=2)
+  np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+  meta = json.loads((tiny_index / 'meta.json').read_text())
+  assert meta['provenance']['split'] == 'test' and meta['text_tokens'] == 32
+
+
+@pytest.mark.parametrize('chunk', [5, 16])
+def test_top_k_equals_direct_mixture_similarity(tiny_index, chunk):
+  store = IndexStore.load(tiny_index)
+  # One item misses an expert: its weights renormalise over the other.
+  store.availability = store.availability.copy()
+  store.availability[3, 0] = 0.0
+  store.embeddings = np.array(store.embeddings)
+  store.embeddings[3, :64] = 0.0
+  engine = SearchEngine(store, chunk=chunk)
+  query = 'a loud beep followed by hissing'
+  result = engine.search(query, k=16)
+  vectors, _ = store.words.encode(query)
+  text = np.zeros((1, store.text_tokens, 300), np.float32)
+  text[0, :len(vectors)] = vectors
+  model = RetrievalModel(store.spec)
+  emb, weights = model.apply(store.variables, jnp.asarray(text), False,
+                             method=RetrievalModel.encode_text)
+  audio = {e: jnp.asarray(store.embeddings[:, i * 64:(i + 1) * 64]) for i, e in
+           enumerate(store.spec.expert_names)}
+  want = np.asarray(mixture_similarity(emb, weights, audio, jnp.asarray(store.availability)))[0]
+  order = np.argsort(-want, kind='stable')
+  assert [h.row for h in result.hits] == list(order)
+  np.testing.assert_allclose([h.score for h in result.hits], want[order], atol=1e-5)
+  for hit in result.hits:
+    parts = [x['weight'] * x['similarity'] for x in hit.experts.values()
+             if x['similarity'] is not None]
+    assert sum(parts) == pytest.approx(hit.score, abs=1e-5)
+  assert result.hits[[h.row for h in result.hits].index(3)].experts['logmel']['similarity'] is None
+
+
+def test_queries_report_unknown_words_and_reject_unsearchable_ones(tiny_index):
+  engine = SearchEngine(IndexStore.load(tiny_index))
+  result = engine.search('a quiet zzyzx hum', k=3)
+  assert result.unknown == ['zzyzx'] and len(result.hits) == 3
+  assert sum(result.weights.values()) == pytest.approx(1.0, abs=1e-5)
+  with pytest.raises(QueryError, match='empty query'):
+    engine.search('  ?! ')
+  with pytest.raises(QueryError, match='no word of the query'):
+    engine.search('qwerty asdfgh')
+  with pytest.raises(QueryError, match='at most 500'):
+    engine.search('beep ' * 200)
+  assert len(engine.search('beep', k=1000).hits) == 16  # k is capped at the index size
+
+
+def test_search_command_line(tiny_index):
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search',
+                                      f'--index={tiny_index}', *args], capture_output=True,
+                                     text=True)
+  out = run('-k', '3', 'a', 'high', 'whistle', 'blorp')
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert 'unknown words (ignored): blorp' in out.stdout
+  ranked = [l for l in lines if l.lstrip()[:1].isdigit()]
+  assert len(ranked) == 3 and ranked[0].split()[0] == '1' and '.wav' in ranked[0]
+  scores = [float(l.split()[1]) for l in ranked]
+  assert scores == sorted(scores, reverse=True)
+  empty = run('')
+  assert empty.returncode == 2 and 'empty query' in empty.stderr
+
+
+def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
+  """Own audio -> features -> index -> search, with the SynthCaps-trained model."""
+  import soundfile
+  from data_builders.synthcaps import sounds
+  rng = np.random.default_rng(0)
+  (tmp_path / 'audio').mkdir()
+  for kind in ('beep', 'hiss', 'bell'):
+    clip = sounds.Clip((sounds.random_event(rng, kind),), 'single', False)
+    soundfile.write(tmp_path / 'audio' / f'{kind}.wav', sounds.render_clip(clip, rng), 16000)
+  subprocess.run([sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={tmp_path / "audio"}',
+                  f'--out={tmp_path / "feats"}', '--workers=1'], check=True, capture_output=True)
+  data_dir = pathlib.Path(json.loads((tiny_workdir / 'config.json').read_text())['data_dir'])
+  words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.pkl'))
+  subprocess.run([sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
+                  f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}',
+                  f'--word_vectors={words}'], check=True, capture_output=True)
+  store = IndexStore.load(tmp_path / 'index')
+  assert sorted(store.ids) == ['beep.wav', 'bell.wav', 'hiss.wav']
+  assert len(SearchEngine(store).search('a bell', k=3).hits) == 3
