@@ -61,7 +61,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.flaky = ()
   c.batch_size = 128  # global, over all devices and hosts
   c.data_on_device = False  # keep the whole training set in device memory
-  c.shuffle_buffer = 0  # 0: exact uniform shuffle of the whole split every epoch
 
   # Model (REFERENCE §2).
   c.model = ml_collections.ConfigDict(dict(

@@ -219,21 +219,30 @@ def steps_per_epoch(data: SplitData, batch_size: int) -> int:
   return steps - 1 if len(data) % batch_size == 1 and len(data) > 1 else steps
 
 
-def gather(data: SplitData, items: np.ndarray, captions: np.ndarray, valid: np.ndarray) -> dict:
-  """A batch of items with one chosen caption each (row indices into data.caption_*)."""
+def arrays(data: SplitData) -> dict:
+  """The arrays a training batch is gathered from (kept on the device with data_on_device)."""
+  return {'experts': data.experts, 'expert_lengths': data.lengths,
+          'availability': data.availability, 'caption_ids': data.caption_ids,
+          'caption_lengths': data.caption_lengths}
+
+
+def gather(source: dict, index: dict, xp=np) -> dict:
+  """A batch from `arrays(data)` and an index batch; `xp` is numpy, or jax.numpy on device."""
+  items, captions = index['items'], index['captions']
   return {
-      'experts': {e: v[items] for e, v in data.experts.items()},
-      'expert_lengths': {e: v[items] for e, v in data.lengths.items()},
-      'availability': data.availability[items],
-      'text_ids': data.caption_ids[captions],
-      'text_lengths': data.caption_lengths[captions],
-      'row_mask': valid.astype(np.float32),
+      'experts': {e: xp.take(v, items, axis=0) for e, v in source['experts'].items()},
+      'expert_lengths': {e: xp.take(v, items, axis=0)
+                         for e, v in source['expert_lengths'].items()},
+      'availability': xp.take(source['availability'], items, axis=0),
+      'text_ids': xp.take(source['caption_ids'], captions, axis=0),
+      'text_lengths': xp.take(source['caption_lengths'], captions, axis=0),
+      'row_mask': index['row_mask'],
   }
 
 
-def train_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
+def index_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
                   num_hosts: int = 1, host: int = 0) -> Iterator[dict]:
-  """This host's slice of every global batch of an epoch, in order."""
+  """This host's slice of every global batch of an epoch: item and caption rows, mask."""
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(data))
   picks = data.caption_start + (rng.random(len(data)) * data.caption_count).astype(np.int64)
@@ -244,11 +253,20 @@ def train_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
                     epoch, data.ids[order[-1]], len(data))
   for step in range(steps):
     items = order[step * batch_size:(step + 1) * batch_size]
-    valid = np.ones(batch_size, bool)
-    valid[len(items):] = False
+    valid = np.ones(batch_size, np.float32)
+    valid[len(items):] = 0.0
     items = np.concatenate([items, np.full(batch_size - len(items), items[0])])
-    mine = slice(host * per_host, (host + 1) * per_host)
-    yield gather(data, items[mine], picks[items[mine]], valid[mine])
+    mine = items[host * per_host:(host + 1) * per_host]
+    yield {'items': mine.astype(np.int32), 'captions': picks[mine].astype(np.int32),
+           'row_mask': valid[host * per_host:(host + 1) * per_host]}
+
+
+def train_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
+                  num_hosts: int = 1, host: int = 0) -> Iterator[dict]:
+  """This host's slice of every global batch of an epoch, gathered on the host."""
+  source = arrays(data)
+  for index in index_batches(data, epoch, seed, batch_size, num_hosts, host):
+    yield gather(source, index)
 
 
 def shard(batch: dict, devices: int) -> dict:

@@ -95,11 +95,15 @@ def lookahead(inner: optax.GradientTransformation, sync_period: int = 6,
       raise ValueError('lookahead needs the parameters: call update(grads, state, params)')
     fast_updates, inner_state = inner.update(updates, state.inner, params)
     count = state.count + 1
-    sync = count % sync_period == 0
-    fast = optax.apply_updates(params, fast_updates)
-    slow = jax.tree.map(lambda s, f: jnp.where(sync, s + slow_step_size * (f - s), s),
-                        state.slow, fast)
-    final = jax.tree.map(lambda u, s, p: jnp.where(sync, s - p, u), fast_updates, slow, params)
+
+    def synchronise(_):
+      fast = optax.apply_updates(params, fast_updates)
+      slow = jax.tree.map(lambda s, f: s + slow_step_size * (f - s), state.slow, fast)
+      return jax.tree.map(lambda s, p: s - p, slow, params), slow
+
+    # A conditional, not a select: the slow weights are only touched every sync_period steps.
+    final, slow = jax.lax.cond(count % sync_period == 0, synchronise,
+                               lambda _: (fast_updates, state.slow), None)
     return final, LookaheadState(inner_state, slow, count)
 
   return optax.GradientTransformation(init, update)

@@ -8,6 +8,7 @@ t2a geometric mean is at least the best so far, a `best` one; the test split is 
 with the best checkpoint at the end. Re-running in the same workdir resumes.
 """
 
+import dataclasses
 import functools
 import pathlib
 import time
@@ -133,31 +134,55 @@ def _check_config(config) -> None:
     raise ValueError(f'config.num_epochs={config.num_epochs}: expected >= 1')
 
 
+@dataclasses.dataclass
+class Datasets:
+  """The splits of a run in host memory, their word table and expert widths."""
+  train: input_pipeline.SplitData
+  val: input_pipeline.SplitData
+  test: input_pipeline.SplitData
+  words: np.ndarray  # [V, 300], row 0 the padding vector
+  dims: dict[str, tuple[int, str]]
+
+
+def load_datasets(config, test_only: bool = False) -> Datasets:
+  """The run's splits from TFDS; with `test_only` the test split stands for all three."""
+  builder = input_pipeline.tfds_builder(config)
+  dims = expert_dims(builder)
+  spec = model_spec(config, dims)
+  table = input_pipeline.WordTable()
+  load = lambda split: input_pipeline.load_split(builder, split, config, spec, table)
+  start = time.time()
+  test = load(config.test_split)
+  if test_only:
+    return Datasets(test, test, test, table.matrix, dims)
+  train = input_pipeline.subset(load(config.train_split), config.train_fraction, config.seed)
+  val = test if config.test_split == config.val_split else load(config.val_split)
+  logging.info('Loaded %s: %d train, %d val, %d test items, %d distinct words in %.1f s',
+               config.tfds_name, len(train), len(val), len(test), len(table.matrix),
+               time.time() - start)
+  return Datasets(train, val, test, table.matrix, dims)
+
+
 class Run:
   """Data, model and compiled functions of one experiment."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path,
+               data: Datasets | None = None):
     self.config, self.workdir = config, workdir
-    builder = input_pipeline.tfds_builder(config)
-    self.spec = model_spec(config, expert_dims(builder))
+    data = data or load_datasets(config)
+    self.spec = model_spec(config, data.dims)
     dtype = jnp.dtype(config.dtype)
     self.model = RetrievalModel(self.spec, axis_name=AXIS, dtype=dtype)
     self.eval_model = RetrievalModel(self.spec, dtype=dtype)
-    table = input_pipeline.WordTable()
-    load = lambda split: input_pipeline.load_split(builder, split, config, self.spec, table)
-    start = time.time()
-    self.train = input_pipeline.subset(load(config.train_split), config.train_fraction,
-                                       config.seed)
-    input_pipeline.check_required_experts(self.train, self.spec.expert_names, config.flaky)
-    self.val = load(config.val_split)
-    self.test = self.val if config.test_split == config.val_split else load(config.test_split)
-    logging.info('Loaded %s: %d train, %d val, %d test items, %d distinct words in %.1f s',
-                 config.tfds_name, len(self.train), len(self.val), len(self.test),
-                 len(table.matrix), time.time() - start)
-    self.word_table = jax_utils.replicate(jnp.asarray(table.matrix))
+    self.train, self.val, self.test = data.train, data.val, data.test
+    self.word_table = jax_utils.replicate(jnp.asarray(data.words))
     self.devices = jax.local_device_count()
     self.steps_per_epoch = input_pipeline.steps_per_epoch(self.train, config.batch_size)
     self.embedder = Embedder(self.eval_model, max(1, config.eval_chunk // self.devices))
+    # With data_on_device the training arrays are copied to every device once and each
+    # step receives only row indices; otherwise batches are gathered on the host.
+    self.device_data = (jax_utils.replicate(input_pipeline.arrays(self.train))
+                        if config.data_on_device else None)
 
   def new_state(self, base_lr: float) -> TrainState:
     c = self.config
@@ -173,20 +198,37 @@ class Run:
                               make_optimizer(c, self.schedule), sample)
 
   def compile_train_step(self):
+    """The pmapped step: `step(state, batch) -> (state, metrics)`."""
     step = functools.partial(train_step, model=self.model, loss_config=self.config.loss,
                              schedule=self.schedule)
-    return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+    if self.device_data is None:
+      p_step = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+      return lambda state, batch: p_step(state, batch, self.word_table)
+
+    def indexed(state, index, source, table):
+      return step(state, input_pipeline.gather(source, index, jnp), table)
+
+    p_step = jax.pmap(indexed, axis_name=AXIS, donate_argnums=(0,))
+    return lambda state, index: p_step(state, index, self.device_data, self.word_table)
 
   def validate(self, variables: dict, data, num_captions: int) -> dict:
     """Metrics of a split; `variables` are replicated {'params', 'batch_stats'}."""
     return evaluate_split(self.embedder, variables, data, num_captions, self.word_table)
 
   def batches(self, epoch: int):
+    """This epoch's batches (or index batches, with data_on_device), on the devices."""
     c = self.config
-    it = input_pipeline.train_batches(self.train, epoch, c.seed, c.batch_size,
-                                      jax.process_count(), jax.process_index())
+    make = (input_pipeline.index_batches if self.device_data is not None
+            else input_pipeline.train_batches)
+    it = make(self.train, epoch, c.seed, c.batch_size, jax.process_count(), jax.process_index())
     return jax_utils.prefetch_to_device(
         (input_pipeline.shard(b, self.devices) for b in it), size=2)
+
+
+def replicate(tree):
+  """`tree` on every local device, laid out as the pmapped step returns its outputs, so
+  the step's second call does not recompile for a different input sharding."""
+  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
 
 
 def _variables(state: TrainState) -> dict:
@@ -241,11 +283,16 @@ def _initialise_from(config, state: TrainState) -> TrainState:
   return state.replace(opt_state=restored)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes), selects the best epoch on validation, evaluates it on test."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data: Datasets | None = None) -> dict:
+  """Trains (or resumes), selects the best epoch on validation, evaluates it on test.
+
+  `data` replaces the TFDS splits of `config` (benchmarks train on synthetic data).
+  """
   workdir = pathlib.Path(workdir)
   _check_config(config)
-  run = Run(config, workdir)
+  run = Run(config, workdir, data)
+  input_pipeline.check_required_experts(run.train, run.spec.expert_names, config.flaky)
   latest_mngr = checkpointing.manager(workdir, 'latest')
   best_mngr = checkpointing.manager(workdir, 'best')
   meta = {'epoch': 0, 'step': 0, 'best_score': -1.0, 'best_epoch': None,
@@ -278,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                run.steps_per_epoch, jax.device_count())
 
   p_train_step = run.compile_train_step()
-  state = jax_utils.replicate(state)
+  state = replicate(state)
   total_steps = run.steps_per_epoch * config.num_epochs
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
@@ -286,7 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for epoch in range(meta['epoch'], config.num_epochs):
     history, first = [], step
     for batch in run.batches(epoch):
-      state, metrics = p_train_step(state, batch, run.word_table)
+      state, metrics = p_train_step(state, batch)
       history.append(metrics)
       step += 1
       progress(step)
@@ -374,7 +421,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best_mngr = checkpointing.manager(workdir, 'best')
   if best_mngr.latest_step() is None:
     raise FileNotFoundError(f'{workdir} has no best checkpoint (checkpoints/best/)')
-  run = Run(config, workdir)
+  run = Run(config, workdir, load_datasets(config, test_only=True))
   state = run.new_state(config.optimizer.learning_rate)
   best = checkpointing.restore(best_mngr, targets={
       'model': {'params': state.params, 'batch_stats': state.batch_stats}})

@@ -119,3 +119,16 @@ def test_fine_tuning_starts_from_the_source_run(trained, synthcaps_tiny, tmp_pat
   config = tiny_config(synthcaps_tiny, init_from=str(tmp_path / 'absent'))
   with pytest.raises(FileNotFoundError, match='holds no checkpoint'):
     train.train_and_evaluate(config, str(tmp_path / 'other'))
+
+
+def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_path):
+  host = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(tmp_path / 'a'))
+  device = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1,
+                                                data_on_device=True), str(tmp_path / 'b'))
+  for d in ('t2a', 'a2t'):
+    for k in ('R1', 'R5', 'R10', 'MeanR'):
+      assert host['test'][d][k] == device['test'][d][k]
+  a = checkpointing.restore(checkpointing.manager(tmp_path / 'a', 'latest'))['model']
+  b = checkpointing.restore(checkpointing.manager(tmp_path / 'b', 'latest'))['model']
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-6)

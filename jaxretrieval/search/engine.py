@@ -44,27 +44,17 @@ class SearchResult:
   hits: list[Hit]
 
 
-@functools.partial(jax.jit, static_argnames=('k',))
-def _top_k(lhs, weights, chunks, availability, k: int):
-  """Top-k scores over item chunks. lhs `[Q, D]` (weighted text), chunks `[n, C, D]`."""
-
-  def body(carry, chunk):
-    (values, index), start = carry
-    rhs, avail = chunk
-    den = weights @ avail.T  # [Q, C]: sum of the weights of the experts each item has
-    scores = jnp.where(den > 0, (lhs @ rhs.T.astype(lhs.dtype)) / jnp.where(den > 0, den, 1.0),
-                       -jnp.inf)
-    chunk_values, chunk_index = jax.lax.top_k(scores, min(k, rhs.shape[0]))
-    merged_values = jnp.concatenate([values, chunk_values], axis=1)
-    merged_index = jnp.concatenate([index, chunk_index + start], axis=1)
-    top, where = jax.lax.top_k(merged_values, k)
-    return ((top, jnp.take_along_axis(merged_index, where, axis=1)),
-            start + rhs.shape[0]), None
-
-  q = lhs.shape[0]
-  init = ((jnp.full((q, k), -jnp.inf), jnp.zeros((q, k), jnp.int32)), jnp.int32(0))
-  ((values, index), _), _ = jax.lax.scan(body, init, (chunks, availability))
-  return values, index
+@functools.partial(jax.jit, static_argnames=('k',), donate_argnums=(0, 1))
+def _merge_chunk(values, index, lhs, weights, rhs, avail, start, k: int):
+  """The running top-k `[Q, k]` updated with one chunk of items (`rhs` `[C, D]`)."""
+  den = weights @ avail.T  # [Q, C]: sum of the weights of the experts each item has
+  scores = jnp.where(den > 0, (lhs @ rhs.T.astype(lhs.dtype)) / jnp.where(den > 0, den, 1.0),
+                     -jnp.inf)
+  chunk_values, chunk_index = jax.lax.top_k(scores, min(k, rhs.shape[0]))
+  merged_values = jnp.concatenate([values, chunk_values], axis=1)
+  merged_index = jnp.concatenate([index, chunk_index + start], axis=1)
+  top, where = jax.lax.top_k(merged_values, k)
+  return top, jnp.take_along_axis(merged_index, where, axis=1)
 
 
 class SearchEngine:
@@ -76,11 +66,16 @@ class SearchEngine:
     self.bounds = np.cumsum((0,) + store.widths)
     n = len(store)
     self.chunk = min(chunk, n)
-    pad = -n % self.chunk  # padding rows have no expert: they never score
-    emb = jnp.pad(jnp.asarray(store.embeddings), ((0, pad), (0, 0)))
-    avail = jnp.pad(jnp.asarray(store.availability, jnp.float32), ((0, pad), (0, 0)))
-    self.chunks = emb.reshape(-1, self.chunk, emb.shape[1])  # [chunks, C, D] on the device
-    self.chunk_availability = avail.reshape(-1, self.chunk, avail.shape[1])
+    # One device array per chunk of items, read from the (memory-mapped) store chunk by
+    # chunk, so the embeddings are never held twice; the last chunk is padded with rows
+    # that have no expert and so never score.
+    self.chunks = []
+    for start in range(0, n, self.chunk):
+      emb = np.asarray(store.embeddings[start:start + self.chunk])
+      avail = np.asarray(store.availability[start:start + self.chunk], np.float32)
+      pad = self.chunk - len(emb)
+      self.chunks.append(jax.device_put((np.pad(emb, ((0, pad), (0, 0))),
+                                         np.pad(avail, ((0, pad), (0, 0))))))
     model = RetrievalModel(store.spec)
     self._encode = jax.jit(lambda v, text: model.apply(v, text, False,
                                                        method=RetrievalModel.encode_text))
@@ -112,7 +107,11 @@ class SearchEngine:
   def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResult]:
     k = max(1, min(k, len(self.store)))
     tokens, unknown, lhs, text_cat, weights = self.encode(queries)
-    values, index = _top_k(lhs, weights, self.chunks, self.chunk_availability, k)
+    values = jnp.full((len(queries), k), -jnp.inf)
+    index = jnp.zeros((len(queries), k), jnp.int32)
+    for c, (rhs, avail) in enumerate(self.chunks):
+      values, index = _merge_chunk(values, index, lhs, weights, rhs, avail,
+                                   c * self.chunk, k)
     values, index = np.asarray(values), np.asarray(index)
     text_cat, weights = np.asarray(text_cat), np.asarray(weights)
     return [SearchResult(q, tokens[i], unknown[i],
