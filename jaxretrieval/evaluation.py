@@ -38,13 +38,17 @@ class Embedder:
     self._text = jax.pmap(text, axis_name='batch')  # the word table is replicated too
 
   def _chunks(self, fn, arrays: dict, n: int):
-    """fn over `arrays` (leading dim n) in rounds of devices x chunk rows, padded."""
-    per_round = self.devices * self.chunk
+    """fn over `arrays` (leading dim n) in equal rounds of at most devices x chunk rows; the
+    per-device rows are rounded up to a multiple of 8, so little padding is computed and a
+    split of a given size compiles once."""
+    rounds = max(1, -(-n // (self.devices * self.chunk)))
+    chunk = -(-n // (rounds * self.devices * 8)) * 8
+    per_round = self.devices * chunk
     outputs = []
     for start in range(0, n, per_round):
       index = np.arange(start, start + per_round)
       index = np.where(index < n, index, start)  # pad with a real row; dropped below
-      part = jax.tree.map(lambda a: a[index].reshape((self.devices, self.chunk) + a.shape[1:]),
+      part = jax.tree.map(lambda a: a[index].reshape((self.devices, chunk) + a.shape[1:]),
                           arrays)
       outputs.append(jax.tree.map(lambda x: np.asarray(x).reshape((per_round,) + x.shape[2:]),
                                   fn(part)))

@@ -283,6 +283,20 @@ def _initialise_from(config, state: TrainState) -> TrainState:
   return state.replace(opt_state=restored)
 
 
+def _drop_unfinished_best(best_mngr, epoch: int, workdir: pathlib.Path) -> None:
+  """Deletes `best` checkpoints newer than the resumed epoch: a run killed between saving
+  `best` and `latest` leaves one, and the epoch it belongs to is trained again."""
+  stale = [s for s in best_mngr.all_steps() if s > epoch]
+  if stale and epoch == 0 and 'source' in checkpointing.restore(best_mngr, items=('meta',))['meta']:
+    raise ValueError(f'{workdir} holds an imported checkpoint (checkpoints/best/), not a '
+                     'training run: train in another workdir with --config.init_from='
+                     f'{workdir} to start from it, or use --mode=eval to evaluate it')
+  for step in stale:
+    logging.warning('Removing best checkpoint of epoch %d in %s: written by an interrupted run '
+                    'after its last complete epoch %d, which resumes', step, workdir, epoch)
+    best_mngr.delete(step)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: Datasets | None = None) -> dict:
   """Trains (or resumes), selects the best epoch on validation, evaluates it on test.
@@ -300,6 +314,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           else config.optimizer.learning_rate}
   if latest_mngr.latest_step() is not None:
     meta = checkpointing.restore(latest_mngr, items=('meta',))['meta']
+  _drop_unfinished_best(best_mngr, meta['epoch'], workdir)
   state = run.new_state(meta['base_lr'])
   if meta['epoch'] > 0:
     restored = checkpointing.restore(latest_mngr, items=('model', 'optimizer'), targets={

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,9 @@ def _launch(workdir, data_dir, *extra, wait=True):
                                                                   'ce_synthcaps.py'),
          f'--workdir={workdir}', f'--config.data_dir={data_dir}', *TINY_FLAGS, *extra]
   if wait:
-    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, f'launch.py failed ({done.returncode}):\n{done.stderr[-5000:]}'
+    return done
   return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
@@ -71,6 +74,18 @@ def test_resume_after_kill_matches_uninterrupted_run(synthcaps_tiny, tmp_path):
   for d in ('t2a', 'a2t'):
     for k in ('R1', 'R5', 'R10', 'MeanR', 'MedR'):
       assert a['test'][d][k] == b['test'][d][k], (d, k)
+
+
+def test_resume_discards_the_best_checkpoint_of_an_interrupted_epoch(synthcaps_tiny, tmp_path):
+  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(tmp_path))
+  best = checkpointing.checkpoint_dir(tmp_path, 'best')
+  # As if killed after saving epoch 2's best checkpoint but before its latest one.
+  shutil.copytree(best / '1', best / '2')
+  results = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=2), str(tmp_path))
+  assert results['epochs_trained'] == 2
+  kept = checkpointing.restore(checkpointing.manager(tmp_path, 'best'), items=('meta',))
+  assert kept['meta']['best_epoch'] == results['best_epoch']
+  assert checkpointing.latest_step(tmp_path, 'best') == results['best_epoch']
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthcaps_tiny,

@@ -182,6 +182,9 @@ def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
   subprocess.run([sys.executable, 'launch.py', '--mode=eval', f'--workdir={tmp_path / "w"}'],
                  check=True, capture_output=True, cwd=root)
   ours = json.loads((tmp_path / 'w' / 'results.json').read_text())['test']
+  training = subprocess.run([sys.executable, 'launch.py', f'--workdir={tmp_path / "w"}'],
+                            capture_output=True, text=True, cwd=root)
+  assert training.returncode != 0 and 'holds an imported checkpoint' in training.stderr
   # The reference's evaluation: first max_tokens frames, zero padding, 5 captions per item.
   ids = contents['ids']['test']
   names = {'audio': 'vggish', 'vggsound': 'vggsound'}
