@@ -2,7 +2,8 @@
 
 Items and captions are embedded separately in fixed-size chunks over all local devices
 (BatchNorm uses running statistics, so chunking changes nothing), then every caption is
-scored against every item with the mixture-weighted similarity.
+scored against every item with the mixture-weighted similarity and ranked on device, in
+chunks of captions.
 """
 
 import json
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 
 from jaxretrieval.input_pipeline import SplitData, eval_queries
-from jaxretrieval.metrics import retrieval_metrics
+from jaxretrieval.metrics import metrics_from_scores
 from jaxretrieval.models import RetrievalModel, mixture_similarity
 
 METRIC_COLUMNS = ('R1', 'R5', 'R10', 'R50', 'MedR', 'MeanR', 'geometric_mean_R1-R5-R10')
@@ -65,23 +66,20 @@ class Embedder:
 
 
 @jax.jit
-def _similarity(text, weights, audio, availability):
-  return mixture_similarity(text, weights, audio, availability)
+def _similarity_rows(text, weights, audio, availability, rows):
+  """Similarities `[C, N]` of the captions `rows` `[C]` against every item."""
+  return mixture_similarity({e: t[rows] for e, t in text.items()}, weights[rows], audio,
+                            availability)
 
 
-def similarity_matrix(text: dict, weights: np.ndarray, audio: dict, availability: np.ndarray,
-                      chunk: int = 8192) -> np.ndarray:
-  """`[Q, N]` similarities, computed in query chunks of a fixed size."""
-  q = len(weights)
-  out = np.empty((q, len(availability)), np.float32)
-  audio, availability = jax.device_put((audio, availability))
-  for start in range(0, q, chunk):
-    stop = min(q, start + chunk)
-    index = np.arange(start, start + chunk).clip(max=q - 1)
-    part = _similarity({e: t[index] for e, t in text.items()}, weights[index], audio,
-                       availability)
-    out[start:stop] = np.asarray(part)[:stop - start]
-  return out
+def split_metrics(text: dict, weights: np.ndarray, audio: dict, availability: np.ndarray,
+                  query_masks: np.ndarray) -> dict:
+  """t2a and a2t metrics of embedded captions (item-major, `[N * K, ...]`) and items `[N, ...]`,
+  scored on device in query chunks."""
+  text, weights, audio, availability = jax.device_put((text, weights, audio, availability))
+  return metrics_from_scores(
+      lambda rows: _similarity_rows(text, weights, audio, availability, rows),
+      len(availability), query_masks)
 
 
 def evaluate_split(embedder: Embedder, variables, data: SplitData, num_captions: int,
@@ -91,8 +89,7 @@ def evaluate_split(embedder: Embedder, variables, data: SplitData, num_captions:
   audio = embedder.items(variables, data)
   rows, masks = eval_queries(data, num_captions)
   text, weights = embedder.captions(variables, data, rows, table)
-  sims = similarity_matrix(text, weights, audio, data.availability)
-  metrics = retrieval_metrics(sims, masks)
+  metrics = split_metrics(text, weights, audio, data.availability, masks)
   metrics['seconds'] = time.time() - start
   metrics['num_items'] = len(data)
   return metrics

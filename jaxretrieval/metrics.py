@@ -1,49 +1,73 @@
-"""Retrieval metrics of the reference (REFERENCE §5), vectorised.
+"""Retrieval metrics of the reference (REFERENCE §5), counted on device in query chunks.
 
 `sims` is `[N * K, N]`: row r is caption r % K of item r // K (item-major), column j item j.
 `query_masks` `[N, K]` marks real captions. Ranks are 0-based and tie-averaged: a ground
 truth tied exactly (float equality) with others gets the mean of their sorted positions.
+A rank is a count of higher and of equal scores, so no sort is needed and the matrix can be
+scored chunk by chunk (pools of 20k items and more).
 """
 
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-# Rows of the [queries, items] matrix compared at once; bounds the temporary to ~64 MB.
+# Elements of the [queries, items] matrix scored at once (64 MB of float32).
 _CHUNK_ELEMENTS = 1 << 24
 
-
-def _tie_averaged_ranks(dists: np.ndarray, target: np.ndarray) -> np.ndarray:
-  """Rank of target[r, c] within dists[r], averaging over exact ties. dists `[R, C]`, target `[R, k]`."""
-  ranks = np.empty(target.shape, np.float64)
-  step = max(1, _CHUNK_ELEMENTS // max(1, dists.shape[1] * target.shape[1]))
-  for start in range(0, dists.shape[0], step):
-    d = dists[start:start + step, None, :]  # [r, 1, C]
-    t = target[start:start + step, :, None]  # [r, k, 1]
-    below = np.count_nonzero(d < t, axis=-1)
-    equal = np.count_nonzero(d == t, axis=-1)
-    ranks[start:start + step] = below + (equal - 1) / 2.0
-  return ranks
+ScoreRows = Callable[[jax.Array], jax.Array]  # query rows [C] -> similarities [C, N]
 
 
-def text_to_audio_ranks(sims: np.ndarray, query_masks: np.ndarray) -> np.ndarray:
-  """Rank of the right item for every real caption (masked captions dropped)."""
+@functools.partial(jax.jit, static_argnums=2)
+def _t2a_counts(sims: jax.Array, rows: jax.Array, k: int):
+  """Per query row: the ground truth's score, #items scored higher, #scored equal, finite."""
+  target = jnp.take_along_axis(sims, (rows // k)[:, None], axis=1)  # [C, 1]
+  return (target[:, 0], jnp.sum(sims > target, axis=1), jnp.sum(sims == target, axis=1),
+          jnp.all(jnp.isfinite(sims)))
+
+
+@jax.jit
+def _a2t_counts(sims: jax.Array, real: jax.Array, own: jax.Array):
+  """Per item and own caption: #real captions of the chunk scored higher / equal."""
+  s = sims.T[:, :, None]  # [N, C, 1]
+  real = real[None, :, None]  # [1, C, 1]
+  own = own[:, None, :]  # [N, 1, K]
+  return jnp.sum((s > own) & real, axis=1), jnp.sum((s == own) & real, axis=1)  # [N, K]
+
+
+def retrieval_ranks(score_rows: ScoreRows, num_items: int,
+                    query_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Tie-averaged 0-based ranks: t2a for every real caption, a2t (best own caption) per item.
+
+  `score_rows(rows)` gives the similarities `[C, N]` of the query rows `rows` `[C]` (valid
+  indices; the last chunk repeats the final row). It is called twice per chunk with the same
+  rows, first for the ground-truth scores and t2a ranks, then for the a2t counts, so the
+  `[Q, N]` matrix never needs to exist at once; it must return the same values both times.
+  """
   n, k = query_masks.shape
-  dists = -np.asarray(sims, np.float32)  # [N*K, N]
-  truth = np.repeat(np.arange(n), k)
-  target = dists[np.arange(n * k), truth][:, None]
-  ranks = _tie_averaged_ranks(dists, target)[:, 0]
-  return ranks[np.asarray(query_masks).reshape(-1) > 0]
-
-
-def audio_to_text_ranks(sims: np.ndarray, query_masks: np.ndarray) -> np.ndarray:
-  """Per item, the best rank among its own captions; masked captions are pushed last."""
-  n, k = query_masks.shape
-  mask = np.asarray(query_masks).reshape(-1) > 0  # [N*K]
-  dists = -np.asarray(sims, np.float32).T  # [N, N*K]
-  dists = np.where(mask[None, :], dists, np.float32(1e8))
-  own = dists[np.arange(n)[:, None], np.arange(n)[:, None] * k + np.arange(k)[None, :]]  # [N, K]
-  ranks = _tie_averaged_ranks(dists, own)  # [N, K]
-  ranks = np.where(mask.reshape(n, k), ranks, np.inf)
-  return ranks.min(axis=1)
+  q = n * k
+  real = np.asarray(query_masks).reshape(-1) > 0  # [Q]
+  rounds = -(-q * num_items // _CHUNK_ELEMENTS)
+  chunk = -(-q // (rounds * 8)) * 8
+  starts = range(0, q, chunk)
+  index = [np.minimum(np.arange(s, s + chunk), q - 1) for s in starts]
+  t2a = [_t2a_counts(score_rows(jnp.asarray(i)), jnp.asarray(i), k) for i in index]
+  if not all(bool(c[3]) for c in t2a):
+    raise ValueError('similarity matrix holds NaN or Inf: an item without any available '
+                     'expert, or a diverged model')
+  target, below, equal = (np.concatenate([np.asarray(c[j]) for c in t2a])[:q] for j in range(3))
+  t2a_ranks = below + (equal - 1) / 2.0
+  own = jnp.asarray(target.reshape(n, k))
+  a2t_below, a2t_equal = np.zeros((n, k), np.int64), np.zeros((n, k), np.int64)
+  for s, i in zip(starts, index):
+    valid = jnp.asarray(real[i] & (np.arange(s, s + chunk) < q))
+    b, e = _a2t_counts(score_rows(jnp.asarray(i)), valid, own)
+    a2t_below += np.asarray(b)
+    a2t_equal += np.asarray(e)
+  a2t_ranks = np.where(real.reshape(n, k), a2t_below + (a2t_equal - 1) / 2.0, np.inf)
+  return t2a_ranks[real], a2t_ranks.min(axis=1)
 
 
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
@@ -65,15 +89,18 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
 
 
 def retrieval_metrics(sims: np.ndarray, query_masks: np.ndarray) -> dict[str, dict[str, float]]:
-  """Text-to-audio and audio-to-text metrics of an evaluation similarity matrix."""
-  sims = np.asarray(sims)
+  """Text-to-audio and audio-to-text metrics of an evaluation similarity matrix `[N * K, N]`."""
   query_masks = np.asarray(query_masks)
   n, k = query_masks.shape
-  if sims.shape != (n * k, n):
-    raise ValueError(f'similarity matrix of shape {sims.shape} does not fit query masks '
+  if np.shape(sims) != (n * k, n):
+    raise ValueError(f'similarity matrix of shape {np.shape(sims)} does not fit query masks '
                      f'{query_masks.shape}: expected ({n * k}, {n})')
-  if not np.all(np.isfinite(sims)):
-    raise ValueError('similarity matrix holds NaN or Inf: an item without any available '
-                     'expert, or a diverged model')
-  return {'t2a': metrics_from_ranks(text_to_audio_ranks(sims, query_masks)),
-          'a2t': metrics_from_ranks(audio_to_text_ranks(sims, query_masks))}
+  sims = jnp.asarray(sims, jnp.float32)
+  return metrics_from_scores(lambda rows: sims[rows], n, query_masks)
+
+
+def metrics_from_scores(score_rows: ScoreRows, num_items: int,
+                        query_masks: np.ndarray) -> dict[str, dict[str, float]]:
+  """Metrics from query-chunk similarities (see `retrieval_ranks`)."""
+  t2a, a2t = retrieval_ranks(score_rows, num_items, query_masks)
+  return {'t2a': metrics_from_ranks(t2a), 'a2t': metrics_from_ranks(a2t)}

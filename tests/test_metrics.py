@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from jaxretrieval.metrics import (audio_to_text_ranks, metrics_from_ranks, retrieval_metrics,
-                                  text_to_audio_ranks)
+import jax.numpy as jnp
+
+from jaxretrieval import metrics
+from jaxretrieval.metrics import metrics_from_ranks, retrieval_metrics
 
 GOLDEN_S = np.array([[0.9, 0.1, 0.3], [0.2, 0.5, 0.5], [0.4, 0.4, 0.1], [0.7, 0.6, 0.0],
                      [0.1, 0.2, 0.3], [0, 0, 0]], np.float32)
@@ -31,9 +33,15 @@ def _loop_a2t(sims, masks):
                    for i in range(n)])
 
 
+def _ranks(sims, masks):
+  sims = jnp.asarray(sims)
+  return metrics.retrieval_ranks(lambda rows: sims[rows], masks.shape[0], masks)
+
+
 def test_golden_example():
-  np.testing.assert_array_equal(text_to_audio_ranks(GOLDEN_S, GOLDEN_MASK), [0, 2, 0.5, 1, 0])
-  np.testing.assert_array_equal(audio_to_text_ranks(GOLDEN_S, GOLDEN_MASK), [0, 0, 1.5])
+  t2a, a2t = _ranks(GOLDEN_S, GOLDEN_MASK)
+  np.testing.assert_array_equal(t2a, [0, 2, 0.5, 1, 0])
+  np.testing.assert_array_equal(a2t, [0, 0, 1.5])
   m = retrieval_metrics(GOLDEN_S, GOLDEN_MASK)
   assert m['t2a']['R1'] == pytest.approx(40.0)
   assert m['t2a']['R5'] == pytest.approx(100.0)
@@ -53,8 +61,22 @@ def test_vectorised_ranks_match_loop_with_ties_and_masks(seed):
   sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)  # many exact ties
   masks = (rng.uniform(size=(n, k)) > 0.3).astype(int)
   masks[:, 0] = 1
-  np.testing.assert_array_equal(text_to_audio_ranks(sims, masks), _loop_t2a(sims, masks))
-  np.testing.assert_array_equal(audio_to_text_ranks(sims, masks), _loop_a2t(sims, masks))
+  t2a, a2t = _ranks(sims, masks)
+  np.testing.assert_array_equal(t2a, _loop_t2a(sims, masks))
+  np.testing.assert_array_equal(a2t, _loop_a2t(sims, masks))
+
+
+def test_chunked_ranks_equal_one_chunk(monkeypatch):
+  rng = np.random.default_rng(2)
+  n, k = 41, 5
+  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)
+  masks = (rng.uniform(size=(n, k)) > 0.2).astype(int)
+  masks[:, 0] = 1
+  whole = _ranks(sims, masks)
+  monkeypatch.setattr(metrics, '_CHUNK_ELEMENTS', 7 * n)  # 30 chunks, the last one padded
+  for a, b, loop in zip(whole, _ranks(sims, masks), (_loop_t2a, _loop_a2t)):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b, loop(sims, masks))
 
 
 def test_metrics_from_ranks_counts_and_zero_geometric_mean():
