@@ -67,9 +67,29 @@ class NetVLAD(nn.Module):
 def _aggregate(assign: Array, x: Array) -> Array:
   """sum_n assign[b, n, k] x[b, n, d] -> `[B, D, K]`.
 
-  XLA's CPU backend runs this many-tiny-matmuls contraction as a batched dot 2-3x slower than
-  a fused multiply-and-sum (measured in benchmarks/RESULTS.md); accelerators get the dot.
+  XLA's CPU backend runs this many-tiny-matmuls contraction as a batched dot up to 2-3x
+  slower than a fused multiply-and-sum, but differentiates the fused form 20-30x slower
+  than the dot (measured in benchmarks/RESULTS.md): on CPU the forward pass is fused and the
+  gradients are dots; accelerators get the dot both ways.
   """
   if jax.default_backend() == 'cpu':
-    return jnp.sum(x[..., :, None] * assign[:, :, None, :], axis=1)
+    return _fused_aggregate(assign, x)
   return jnp.einsum('bnk,bnd->bdk', assign, x)
+
+
+@jax.custom_vjp
+def _fused_aggregate(assign: Array, x: Array) -> Array:
+  return jnp.sum(x[..., :, None] * assign[:, :, None, :], axis=1)  # [B, D, K]
+
+
+def _fused_aggregate_fwd(assign: Array, x: Array):
+  return _fused_aggregate(assign, x), (assign, x)
+
+
+def _fused_aggregate_bwd(residuals, g: Array):
+  assign, x = residuals  # g: [B, D, K]
+  return (jnp.einsum('bdk,bnd->bnk', g, x).astype(assign.dtype),
+          jnp.einsum('bdk,bnk->bnd', g, assign).astype(x.dtype))
+
+
+_fused_aggregate.defvjp(_fused_aggregate_fwd, _fused_aggregate_bwd)
