@@ -53,7 +53,8 @@ def retrieval_ranks(score_rows: ScoreRows, num_items: int,
   chunk = -(-q // (rounds * 8)) * 8
   starts = range(0, q, chunk)
   index = [np.minimum(np.arange(s, s + chunk), q - 1) for s in starts]
-  t2a = [_t2a_counts(score_rows(jnp.asarray(i)), jnp.asarray(i), k) for i in index]
+  rows = [jnp.asarray(i) for i in index]
+  t2a = [_t2a_counts(score_rows(r), r, k) for r in rows]
   if not all(bool(c[3]) for c in t2a):
     raise ValueError('similarity matrix holds NaN or Inf: an item without any available '
                      'expert, or a diverged model')
@@ -61,9 +62,9 @@ def retrieval_ranks(score_rows: ScoreRows, num_items: int,
   t2a_ranks = below + (equal - 1) / 2.0
   own = jnp.asarray(target.reshape(n, k))
   a2t_below, a2t_equal = np.zeros((n, k), np.int64), np.zeros((n, k), np.int64)
-  for s, i in zip(starts, index):
+  for s, i, r in zip(starts, index, rows):
     valid = jnp.asarray(real[i] & (np.arange(s, s + chunk) < q))
-    b, e = _a2t_counts(score_rows(jnp.asarray(i)), valid, own)
+    b, e = _a2t_counts(score_rows(r), valid, own)
     a2t_below += np.asarray(b)
     a2t_equal += np.asarray(e)
   a2t_ranks = np.where(real.reshape(n, k), a2t_below + (a2t_equal - 1) / 2.0, np.inf)

@@ -1,9 +1,8 @@
 """Retrieval metrics: REFERENCE §5 golden example and a loop implementation of the protocol."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax.numpy as jnp
 
 from jaxretrieval import metrics
 from jaxretrieval.metrics import metrics_from_ranks, retrieval_metrics
@@ -73,7 +72,7 @@ def test_chunked_ranks_equal_one_chunk(monkeypatch):
   masks = (rng.uniform(size=(n, k)) > 0.2).astype(int)
   masks[:, 0] = 1
   whole = _ranks(sims, masks)
-  monkeypatch.setattr(metrics, '_CHUNK_ELEMENTS', 7 * n)  # 30 chunks, the last one padded
+  monkeypatch.setattr(metrics, '_CHUNK_ELEMENTS', 7 * n)  # 26 chunks of 8 rows, the last one padded
   for a, b, loop in zip(whole, _ranks(sims, masks), (_loop_t2a, _loop_a2t)):
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(b, loop(sims, masks))
