@@ -5,9 +5,11 @@ best checkpoint of a workdir (trained, or written by jaxretrieval.import_torch),
 `WORKDIR/config.json` when no --config is given. Multi-host: pass the coordinator flags.
 """
 
+import ast
 import json
 import logging as std_logging
 import pathlib
+import sys
 
 from absl import app
 from absl import flags
@@ -16,6 +18,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from jaxretrieval import checkpointing
 from jaxretrieval import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
@@ -56,11 +59,38 @@ def main(argv):
     if not saved.is_file():
       raise app.UsageError(f'no --config given and no {saved}')
     config = ml_collections.ConfigDict(json.loads(saved.read_text()))
-  if _MODE.value == 'train':
-    train.train_and_evaluate(config, workdir)
-  else:
-    train.evaluate(config, workdir)
+  try:
+    if _MODE.value == 'train':
+      train.train_and_evaluate(config, workdir)
+      name = 'results'
+    else:
+      train.evaluate(config, workdir)
+      name = 'eval_results'
+  except (checkpointing.CheckpointError, FloatingPointError, FileNotFoundError) as e:
+    sys.exit(f'launch.py: {e}')
+  if jax.process_index() == 0:
+    print((pathlib.Path(workdir) / f'{name}.md').read_text(), end='')
 
+
+def _parse_flags(argv):
+  """absl's flag parsing, with a wrong config field reported in one line (with the nearest
+  valid name) instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'launch.py: {e}\nPass --help for the flags.')
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections reports an unknown field as the repr of "'key'\nDid you mean ...".
+    text = str(e)
+    try:
+      text = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      pass
+    key = text.split("'")[1] if text.count("'") >= 2 else ''
+    arg = next((a for a in argv if a.startswith('--config.') and
+                a.split('=')[0].endswith(f'.{key}')), 'a --config override')
+    sys.exit(f'launch.py: {arg}: unknown config field {key!r}. '
+             + ' '.join(text.splitlines()[1:]))
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -4,7 +4,7 @@ r"""Converts a released reference checkpoint into a jaxretrieval workdir.
       [--config config.json] --out DIR
 
 DIR then holds `config.json` (a jaxretrieval config equivalent to the reference's),
-`reference_config.json` and `checkpoints/best/<epoch>/` with the model (and the Ranger
+`reference_config.json` and `checkpoints/<epoch>/` with the model (and the Ranger
 state, for fine-tuning); `python launch.py --workdir DIR --mode=eval` evaluates it.
 torch is not needed.
 """
@@ -73,9 +73,9 @@ def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
   config.data_dir = data_dir
   if model_spec(config, {e.name: (e.dim, e.temporal) for e in spec.experts}) != spec:
     raise AssertionError('the written config would not rebuild the imported architecture')
-  optimizer = None
+  ranger = None
   if isinstance(ref.optimizer, dict):
-    optimizer = convert.convert_ranger_state(ref.optimizer, ref.state_dict, spec)
+    ranger = convert.convert_ranger_state(ref.optimizer, ref.state_dict, spec)
   out_dir = pathlib.Path(out)
   out_dir.mkdir(parents=True, exist_ok=True)
   (out_dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
@@ -85,8 +85,14 @@ def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
           'val_t2a_geometric_mean': ref.monitor_best, 'variant': spec.variant,
           'experts': list(spec.expert_names),
           'num_parameters': int(sum(a.size for a in jax.tree.leaves(variables['params']))),
-          'optimizer_format': 'reference_ranger' if optimizer is not None else None}
-  checkpointing.save(checkpointing.manager(out_dir, 'best'), epoch,
+          # The Ranger state and its learning rate (the reference scheduler's decayed rate),
+          # which a fine-tuning run resumes (config.init_from, REFERENCE §7.18).
+          'optimizer_format': 'reference_ranger' if ranger is not None else None,
+          'optimizer': 'ranger' if ranger is not None else None,
+          'optimizer_steps': int(ranger['step']) if ranger is not None else None,
+          'learning_rate': float(ranger['learning_rate']) if ranger is not None else None}
+  optimizer = ranger if ranger is not None and ranger['step'] > 0 else None
+  checkpointing.save(checkpointing.manager(out_dir), epoch,
                      {'params': variables['params'], 'batch_stats': variables['batch_stats']},
                      meta, optimizer)
   return meta
@@ -96,9 +102,15 @@ def main(argv):
   del argv
   f = flags.FLAGS
   meta = import_checkpoint(f.checkpoint, f.out, f.config, f.data_dir)
+  if meta['optimizer_format'] is None:
+    ranger = 'no optimizer state'
+  elif meta['optimizer_steps']:
+    ranger = f'Ranger state after {meta["optimizer_steps"]} steps, lr {meta["learning_rate"]:g}'
+  else:
+    ranger = f'the Ranger state is empty (never stepped), lr {meta["learning_rate"]:g}'
   print(f'imported {meta["variant"]} model with experts {meta["experts"]} '
-        f'({meta["num_parameters"]:,} parameters, epoch {meta["epoch"]}) into {f.out}; '
-        f'evaluate it with: python launch.py --mode=eval --workdir {f.out}')
+        f'({meta["num_parameters"]:,} parameters, epoch {meta["epoch"]}; {ranger}) into '
+        f'{f.out}; evaluate it with: python launch.py --mode=eval --workdir {f.out}')
 
 
 if __name__ == '__main__':

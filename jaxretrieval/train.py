@@ -10,6 +10,7 @@ with the best checkpoint at the end. Re-running in the same workdir resumes.
 
 import dataclasses
 import functools
+import json
 import pathlib
 import time
 from typing import Any
@@ -119,19 +120,28 @@ def train_step(state: TrainState, batch: dict, word_table: jax.Array, *, model: 
   return new_state, metrics
 
 
-def create_train_state(rng, model: RetrievalModel, tx, sample: dict) -> TrainState:
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, sample)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'],
-                           batch_stats=variables['batch_stats'], tx=tx)
-
-
 def _check_config(config) -> None:
   devices = jax.device_count()
-  if config.batch_size % devices:
-    raise ValueError(f'config.batch_size={config.batch_size} must be a multiple of the '
-                     f'{devices} devices')
+  if config.batch_size < 1 or config.batch_size % devices:
+    raise ValueError(f'config.batch_size={config.batch_size}: expected a positive multiple of '
+                     f'the {devices} devices')
   if config.num_epochs < 1:
     raise ValueError(f'config.num_epochs={config.num_epochs}: expected >= 1')
+
+
+@dataclasses.dataclass
+class TrainMeta:
+  """What a training checkpoint records besides the variables (its `meta` item)."""
+  epoch: int = 0  # completed epochs
+  step: int = 0  # completed steps
+  base_lr: float = 0.0  # the learning rate of epoch 1 (decayed x lr_decay per epoch)
+  learning_rate: float | None = None  # the rate of the next epoch: what a fine-tune starts from
+  optimizer: str = ''  # config.optimizer.name
+  val: dict | None = None  # validation metrics of this epoch
+
+  @classmethod
+  def from_json(cls, meta: dict) -> 'TrainMeta':
+    return cls(**{f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta})
 
 
 @dataclasses.dataclass
@@ -184,9 +194,12 @@ class Run:
     self.device_data = (jax_utils.replicate(input_pipeline.arrays(self.train))
                         if config.data_on_device else None)
 
-  def new_state(self, base_lr: float) -> TrainState:
+  def schedule(self, base_lr: float) -> optax.Schedule:
+    return lr_schedule(self.config, self.steps_per_epoch, base_lr)
+
+  def init_variables(self) -> dict:
+    """The model's {'params', 'batch_stats'} initialised from config.seed."""
     c = self.config
-    self.schedule = lr_schedule(c, self.steps_per_epoch, base_lr)
     b = c.batch_size // jax.device_count()
     sample = {
         'experts': {e.name: jnp.zeros((b, c.max_tokens[e.name], e.dim) if e.temporal == 'vlad'
@@ -194,13 +207,21 @@ class Run:
         'availability': jnp.ones((b, len(self.spec.experts))),
         'text': jnp.zeros((b, c.max_tokens['text'], self.spec.text_dim)),
     }
-    return create_train_state(jax.random.key(c.seed), self.eval_model,
-                              make_optimizer(c, self.schedule), sample)
+    init = jax.jit(functools.partial(self.eval_model.init, train=False))
+    return dict(init(jax.random.key(c.seed), sample))
 
-  def compile_train_step(self):
+  def new_state(self, base_lr: float, variables: dict | None = None) -> TrainState:
+    """A state at step 0 whose optimizer is initialised on `variables` (default: a fresh
+    initialisation), as a new reference Ranger copies the weights it first steps from."""
+    variables = variables or self.init_variables()
+    return TrainState.create(apply_fn=self.eval_model.apply, params=variables['params'],
+                             batch_stats=variables['batch_stats'],
+                             tx=make_optimizer(self.config, self.schedule(base_lr)))
+
+  def compile_train_step(self, base_lr: float):
     """The pmapped step: `step(state, batch) -> (state, metrics)`."""
     step = functools.partial(train_step, model=self.model, loss_config=self.config.loss,
-                             schedule=self.schedule)
+                             schedule=self.schedule(base_lr))
     if self.device_data is None:
       p_step = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
       return lambda state, batch: p_step(state, batch, self.word_table)
@@ -241,60 +262,114 @@ def _host(state: TrainState) -> dict:
   return {'model': {'params': s.params, 'batch_stats': s.batch_stats}, 'optimizer': s.opt_state}
 
 
-def _source_learning_rate(config) -> float:
-  """Learning rate a fine-tuning run starts from (REFERENCE §7.18)."""
-  if not config.init_optimizer:
-    return config.optimizer.learning_rate
-  source = pathlib.Path(config.init_from)
-  kind = 'latest' if checkpointing.latest_step(source, 'latest') is not None else 'best'
-  if checkpointing.latest_step(source, kind) is None:
-    raise FileNotFoundError(f'config.init_from={source} holds no checkpoint')
-  meta = checkpointing.restore(checkpointing.manager(source, kind), items=('meta',))['meta']
-  if 'learning_rate' not in meta:
-    raise FileNotFoundError(f'{source} has no optimizer state to resume; set '
-                            'config.init_optimizer=False')
-  return float(meta['learning_rate'])
+def restore_variables(mngr, step: int, template: dict, config) -> dict:
+  """The model variables of checkpoint `step`, shaped like `template` (checked first)."""
+  _check_fits(mngr, step, template, config)
+  return checkpointing.restore(mngr, step, ('model',), {'model': template})['model']
 
 
-def _initialise_from(config, state: TrainState) -> TrainState:
-  """Best weights of config.init_from, and its latest optimizer state when asked."""
+def _check_fits(mngr, step: int, template: dict, config) -> None:
+  """Refuses a checkpoint whose variables differ from the model's, naming the config fields
+  that differ from the checkpoint's run (its workdir's config.json)."""
+  saved = mngr.item_metadata(step)['model']
+  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
+                         for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  have, want = shapes(saved), shapes(template)
+  if have == want:
+    return
+  diff = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+  first = diff[0]
+  fields = _config_differences(pathlib.Path(mngr.directory).parent, config)
+  raise checkpointing.CheckpointError(
+      f'{mngr.directory}/{step} holds a different model ({len(diff)} variables differ, e.g. '
+      f'{first}: saved {have.get(first)}, configured {want.get(first)})'
+      + (f'; config fields changed since it was written: {", ".join(fields)}' if fields else '')
+      + ': use the same config, or another workdir for the new model')
+
+
+def _config_differences(workdir: pathlib.Path, config) -> list[str]:
+  """`field (saved -> now)` for each field of WORKDIR/config.json that `config` changes."""
+  path = workdir / 'config.json'
+  if not path.is_file():
+    return []
+  saved, now = _flatten(json.loads(path.read_text())), _flatten(config.to_dict())
+  return [f'{k} ({saved.get(k)!r} -> {now.get(k)!r})' for k in sorted(saved.keys() | now.keys())
+          if str(saved.get(k)) != str(now.get(k))]
+def _resume(run: Run, mngr) -> tuple[TrainState, TrainMeta] | None:
+  """The state of the newest readable checkpoint of the workdir, None when there is none."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    return None
+
+  def read(step):
+    meta = checkpointing.restore(mngr, step, ('meta',))['meta']
+    if meta.get('source'):
+      raise checkpointing.CheckpointError(
+          f'{run.workdir} holds an imported checkpoint, not a training run: train in another '
+          f'workdir with --config.init_from={run.workdir} to start from it, or use --mode=eval '
+          'to evaluate it')
+    meta = TrainMeta.from_json(meta)
+    state = run.new_state(meta.base_lr)
+    _check_fits(mngr, step, _variables(state), run.config)
+    restored = checkpointing.restore(mngr, step, ('model', 'optimizer'), {
+        'model': _variables(state), 'optimizer': state.opt_state})
+    return meta, state.replace(params=restored['model']['params'],
+                               batch_stats=restored['model']['batch_stats'],
+                               opt_state=restored['optimizer'], step=meta.step)
+
+  step, (meta, state) = checkpointing.restore_first_readable(mngr, steps, read,
+                                                             f'resuming {run.workdir}')
+  logging.info('Resuming %s after epoch %d (step %d)', run.workdir, meta.epoch, meta.step)
+  return state, meta
+
+
+def _initialise_from(run: Run) -> tuple[TrainState, TrainMeta]:
+  """Fine-tuning (REFERENCE §4.3, §7.18): the best weights of config.init_from and, with
+  config.init_optimizer, the optimizer state and learning rate of its newest checkpoint (the
+  reference's `trained_model.pth` likewise pairs the best epoch's weights with the last
+  epoch's Ranger state). The optimizer state is always built on the restored weights."""
+  config = run.config
   source = pathlib.Path(config.init_from)
-  best_mngr = checkpointing.manager(source, 'best')
-  model = {'params': state.params, 'batch_stats': state.batch_stats}
-  best = checkpointing.restore(best_mngr, targets={'model': model})
-  state = state.replace(params=best['model']['params'], batch_stats=best['model']['batch_stats'])
+  if not checkpointing.checkpoint_dir(source).is_dir():
+    raise FileNotFoundError(f'config.init_from={source} holds no checkpoint '
+                            f'({checkpointing.checkpoint_dir(source)} is missing)')
+  src = checkpointing.manager(source)
+  best = checkpointing.best_step(src)
+  if best is None:
+    raise FileNotFoundError(f'config.init_from={source} holds no checkpoint '
+                            f'({checkpointing.checkpoint_dir(source)} is empty)')
+  variables = restore_variables(src, best, run.init_variables(), config)
+  meta = TrainMeta(base_lr=config.optimizer.learning_rate, optimizer=config.optimizer.name)
   if not config.init_optimizer:
-    return state
-  if best['meta'].get('optimizer_format') == 'reference_ranger':
+    logging.info('Starting from the weights of %s/%d with a new optimizer', src.directory, best)
+    return run.new_state(meta.base_lr, variables), meta
+  newest = src.latest_step()
+  source_meta = checkpointing.restore(src, newest, ('meta',))['meta']
+  if source_meta.get('learning_rate') is None:
+    raise ValueError(f'{src.directory}/{newest} records no learning rate to resume from: set '
+                     'config.init_optimizer=False to fine-tune with a new optimizer')
+  meta.base_lr = float(source_meta['learning_rate'])
+  state = run.new_state(meta.base_lr, variables)
+  if source_meta.get('optimizer_format') == 'reference_ranger':
     if config.optimizer.name != 'ranger':
-      raise ValueError('an imported reference checkpoint holds a Ranger state: fine-tune with '
+      raise ValueError(f'{source} holds a reference Ranger state: fine-tune with '
                        "config.optimizer.name='ranger' or config.init_optimizer=False")
-    reference = checkpointing.restore(best_mngr, items=('optimizer',))['optimizer']
-    return state.replace(opt_state=with_reference_state(state.opt_state, reference))
-  latest_mngr = checkpointing.manager(source, 'latest')
-  meta = checkpointing.restore(latest_mngr, items=('meta',))['meta']
-  if meta.get('optimizer') != config.optimizer.name:
-    raise ValueError(f'{source} was trained with {meta.get("optimizer")}, this run with '
+    if not source_meta.get('optimizer_steps'):
+      logging.info('%s: the reference Ranger never stepped; a new Ranger starts on its weights '
+                   'at lr %g, as the reference would', source, meta.base_lr)
+      return state, meta
+    reference = checkpointing.restore(src, newest, ('optimizer',))['optimizer']
+    return state.replace(opt_state=with_reference_state(state.opt_state, reference)), meta
+  if source_meta.get('optimizer') != config.optimizer.name:
+    raise ValueError(f'{source} was trained with {source_meta.get("optimizer")}, this run with '
                      f'{config.optimizer.name}: set config.init_optimizer=False')
-  restored = checkpointing.restore(latest_mngr, items=('optimizer',),
-                                   targets={'optimizer': state.opt_state})['optimizer']
+  restored = checkpointing.restore(src, newest, ('optimizer',),
+                                   {'optimizer': state.opt_state})['optimizer']
   if config.optimizer.name == 'ranger':
     restored = restart_schedule(restored, state.opt_state)
-  return state.replace(opt_state=restored)
-
-
-def _drop_unfinished_best(best_mngr, epoch: int, workdir: pathlib.Path) -> None:
-  """Deletes `best` checkpoints newer than the resumed epoch: a run killed between saving
-  `best` and `latest` leaves one, and the epoch it belongs to is trained again."""
-  stale = [s for s in best_mngr.all_steps() if s > epoch]
-  if stale and epoch == 0 and 'source' in checkpointing.restore(best_mngr, items=('meta',))['meta']:
-    raise ValueError(f'{workdir} holds an imported checkpoint (checkpoints/best/), not a '
-                     'training run: train in another workdir with --config.init_from='
-                     f'{workdir} to start from it, or use --mode=eval to evaluate it')
-  for step in stale:
-    logging.warning('Removing best checkpoint of epoch %d in %s: written by an interrupted run '
-                    'after its last complete epoch %d, which resumes', step, workdir, epoch)
-    best_mngr.delete(step)
+  logging.info('Starting from the weights of %s/%d and the optimizer state of epoch %d '
+               '(lr %g)', src.directory, best, newest, meta.base_lr)
+  return state.replace(opt_state=restored), meta
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -307,45 +382,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   _check_config(config)
   run = Run(config, workdir, data)
   input_pipeline.check_required_experts(run.train, run.spec.expert_names, config.flaky)
-  latest_mngr = checkpointing.manager(workdir, 'latest')
-  best_mngr = checkpointing.manager(workdir, 'best')
-  meta = {'epoch': 0, 'step': 0, 'best_score': -1.0, 'best_epoch': None,
-          'base_lr': _source_learning_rate(config) if config.init_from
-          else config.optimizer.learning_rate}
-  if latest_mngr.latest_step() is not None:
-    meta = checkpointing.restore(latest_mngr, items=('meta',))['meta']
-  _drop_unfinished_best(best_mngr, meta['epoch'], workdir)
-  state = run.new_state(meta['base_lr'])
-  if meta['epoch'] > 0:
-    restored = checkpointing.restore(latest_mngr, items=('model', 'optimizer'), targets={
-        'model': {'params': state.params, 'batch_stats': state.batch_stats},
-        'optimizer': state.opt_state})
-    state = state.replace(params=restored['model']['params'],
-                          batch_stats=restored['model']['batch_stats'],
-                          opt_state=restored['optimizer'], step=meta['step'])
-    logging.info('Resuming %s after epoch %d (step %d)', workdir, meta['epoch'], meta['step'])
+  mngr = checkpointing.manager(workdir)
+  resumed = _resume(run, mngr)
+  if resumed:
+    state, meta = resumed
   elif config.init_from:
-    state = _initialise_from(config, state)
+    state, meta = _initialise_from(run)
+  else:
+    meta = TrainMeta(base_lr=config.optimizer.learning_rate, optimizer=config.optimizer.name)
+    state = run.new_state(meta.base_lr)
 
   primary = jax.process_index() == 0
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not primary)
-  if meta['epoch'] == 0:
+  if meta.epoch == 0:
     writer.write_hparams(_flatten(config.to_dict()))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info('%s: %s model, experts %s, %s parameters, %d steps/epoch on %d devices',
                workdir, run.spec.variant, list(run.spec.expert_names), f'{num_params:,}',
                run.steps_per_epoch, jax.device_count())
 
-  p_train_step = run.compile_train_step()
+  schedule = run.schedule(meta.base_lr)
+  p_train_step = run.compile_train_step(meta.base_lr)
   state = replicate(state)
   total_steps = run.steps_per_epoch * config.num_epochs
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
-  step, started = meta['step'], time.time()
-  for epoch in range(meta['epoch'], config.num_epochs):
+  step, started = meta.step, time.time()
+  for epoch in range(meta.epoch, config.num_epochs):
     history, first = [], step
     for batch in run.batches(epoch):
       state, metrics = p_train_step(state, batch)
@@ -357,40 +423,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         history, first = [], step
     if history:
       writer.write_scalars(step, _logged(history, first, epoch, step, total_steps))
-    val = run.validate(_variables(state), run.val, config.val_captions)
+    with progress.timed('eval'):
+      val = run.validate(_variables(state), run.val, config.val_captions)
     score = val['t2a'][SELECTION_METRIC]
     writer.write_scalars(step, {f'val/{d}_{k}': v for d in ('t2a', 'a2t')
                                 for k, v in val[d].items() if k in ('R1', 'R5', 'R10',
                                                                     SELECTION_METRIC)})
-    logging.info('epoch %d/%d: val t2a R@1 %.1f R@10 %.1f geom %.2f (best %.2f)', epoch + 1,
-                 config.num_epochs, val['t2a']['R1'], val['t2a']['R10'], score,
-                 max(score, meta['best_score']))
+    logging.info('epoch %d/%d: val t2a R@1 %.1f R@10 %.1f geom %.2f', epoch + 1,
+                 config.num_epochs, val['t2a']['R1'], val['t2a']['R10'], score)
     host = _host(state)
-    lr = float(run.schedule(step))
-    meta = dict(meta, epoch=epoch + 1, step=step, learning_rate=lr,
-                optimizer=config.optimizer.name, val=val)
-    if score >= meta['best_score']:  # ties go to the later epoch (REFERENCE §4.3)
-      meta.update(best_score=score, best_epoch=epoch + 1)
-      checkpointing.save(best_mngr, epoch + 1, host['model'], dict(meta, val=val))
-    checkpointing.save(latest_mngr, epoch + 1, host['model'], meta, host['optimizer'])
+    meta = dataclasses.replace(meta, epoch=epoch + 1, step=step,
+                               learning_rate=float(schedule(step)), val=val)
+    checkpointing.save(mngr, epoch + 1, host['model'], dataclasses.asdict(meta),
+                       host['optimizer'], score=score)
+  seconds = time.time() - started
+  results = test_checkpoint(run, mngr, writer)
+  results.update(epochs_trained=meta.epoch, train_seconds=seconds)
+  if primary:
+    write_results(workdir, results)
   writer.flush()
-  return _final_test(run, state, best_mngr, meta, num_params, time.time() - started)
-
-
-def _final_test(run: Run, state, best_mngr, meta: dict, num_params: int, seconds: float):
-  """Test metrics of the best checkpoint, written as results.json and results.md."""
-  config = run.config
-  target = jax.tree.map(lambda x: x[0], _variables(state))
-  best = checkpointing.restore(best_mngr, targets={'model': target})
-  test = run.validate(jax_utils.replicate(best['model']), run.test, config.num_test_captions)
-  results = results_record(config, run.spec, test, num_params)
-  results.update(best_epoch=best['meta']['best_epoch'], epochs_trained=meta['epoch'],
-                 val_best=best['meta']['val'], train_seconds=seconds)
-  if jax.process_index() == 0:
-    write_results(run.workdir, results)
   logging.info('test t2a R@1 %.1f R@10 %.1f | a2t R@1 %.1f R@10 %.1f (%s)',
-               test['t2a']['R1'], test['t2a']['R10'], test['a2t']['R1'], test['a2t']['R10'],
-               run.workdir / 'results.md')
+               results['test']['t2a']['R1'], results['test']['t2a']['R10'],
+               results['test']['a2t']['R1'], results['test']['a2t']['R10'],
+               workdir / 'results.md')
+  return results
+
+
+def test_checkpoint(run: Run, mngr, writer) -> dict:
+  """Test metrics of the workdir's best checkpoint (falling back, with a warning, to the
+  next best readable one), also written to TensorBoard as `test/...` at its step."""
+  config = run.config
+  template = run.init_variables()
+  step, variables = checkpointing.restore_best_model(
+      mngr, template, f'testing {run.workdir}',
+      check=lambda s: _check_fits(mngr, s, template, config))
+  meta = checkpointing.restore(mngr, step, ('meta',))['meta']
+  test = run.validate(jax_utils.replicate(variables), run.test, config.num_test_captions)
+  writer.write_scalars(meta.get('step') or step, {
+      f'test/{d}_{k}': v for d in ('t2a', 'a2t') for k, v in test[d].items()
+      if k in ('R1', 'R5', 'R10', 'MedR', 'MeanR', SELECTION_METRIC)})
+  num_params = sum(x.size for x in jax.tree.leaves(variables['params']))
+  results = results_record(config, run.spec, test, num_params)
+  results.update(checkpoint=f'{mngr.directory}/{step}', best_epoch=step,
+                 val_best=meta.get('val'), source=meta.get('source'))
   return results
 
 
@@ -402,21 +477,24 @@ def results_record(config, spec: ModelSpec, test: dict, num_params: int) -> dict
 
 
 def _logged(history: list[dict], first: int, epoch: int, step: int, total: int) -> dict:
-  means = _metrics_finite(history, first + 1)
+  means = _metrics_finite(history, first + 1, epoch)
   logging.info('step %d/%d (epoch %d): loss %.4f lr %.3g', step, total, epoch + 1,
                means['loss'], means['learning_rate'])
   return {f'train/{k}': v for k, v in means.items()}
 
 
-def _metrics_finite(history: list[dict], first_step: int) -> dict:
-  """Means of per-step metrics (fetched now: the only host sync); stops at a NaN/Inf loss."""
+def _metrics_finite(history: list[dict], first_step: int, epoch: int) -> dict:
+  """Means of per-step metrics (fetched now: the only host sync); stops at a NaN/Inf loss.
+  `epoch` (0-based) is the epoch being trained: the checkpoints hold the epochs before it."""
   fetched = jax.device_get(history)
   for i, m in enumerate(fetched):
     loss = float(np.ravel(m['loss'])[0])
     if not np.isfinite(loss):
+      kept = (f'the checkpoint of epoch {epoch} is kept and a rerun resumes from it' if epoch
+              else 'no checkpoint was written (it diverged in the first epoch)')
       raise FloatingPointError(
-          f'training loss is {loss} at step {first_step + i}; stopped. The last good '
-          'checkpoint (end of the previous epoch) is kept in checkpoints/latest.')
+          f'training loss is {loss} at step {first_step + i} (epoch {epoch + 1}); stopped: '
+          f'{kept}. A lower config.optimizer.learning_rate may help.')
   return {k: float(np.mean([np.ravel(m[k])[0] for m in fetched])) for k in fetched[0]}
 
 
@@ -431,21 +509,19 @@ def _flatten(d: dict, prefix: str = '') -> dict:
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Test metrics of a workdir's best checkpoint (a trained run or an imported one)."""
+  """Test metrics of a workdir's best checkpoint (a trained run or an imported one), written
+  to `eval_results.{json,md}` and TensorBoard; the training record stays as it is."""
   workdir = pathlib.Path(workdir)
-  best_mngr = checkpointing.manager(workdir, 'best')
-  if best_mngr.latest_step() is None:
-    raise FileNotFoundError(f'{workdir} has no best checkpoint (checkpoints/best/)')
+  mngr = checkpointing.manager(workdir)
+  if checkpointing.best_step(mngr) is None:
+    raise FileNotFoundError(f'{workdir} has no checkpoint ({checkpointing.checkpoint_dir(workdir)}'
+                            ' is empty or missing): train it first, or import one')
   run = Run(config, workdir, load_datasets(config, test_only=True))
-  state = run.new_state(config.optimizer.learning_rate)
-  best = checkpointing.restore(best_mngr, targets={
-      'model': {'params': state.params, 'batch_stats': state.batch_stats}})
-  state = state.replace(params=best['model']['params'], batch_stats=best['model']['batch_stats'])
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  test = run.validate(jax_utils.replicate(_variables(state)), run.test, config.num_test_captions)
-  results = results_record(config, run.spec, test, num_params)
-  results.update(best_epoch=best['meta'].get('best_epoch', best['meta'].get('epoch')),
-                 epochs_trained=best['meta'].get('epoch'), source=best['meta'].get('source'))
+  writer = metric_writers.create_default_writer(str(workdir),
+                                                just_logging=jax.process_index() != 0)
+  results = test_checkpoint(run, mngr, writer)
+  results.update(data_dir=config.data_dir, evaluated_at=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+  writer.flush()
   if jax.process_index() == 0:
-    write_results(workdir, results)
+    write_results(workdir, results, name='eval_results')
   return results

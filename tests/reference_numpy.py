@@ -1,4 +1,5 @@
-"""An independent NumPy forward pass of the reference CENet, written from REFERENCE §2.
+"""Independent NumPy versions of the reference CENet forward pass (REFERENCE §2) and of its
+Ranger optimizer (§4.2).
 
 It reads a state_dict with the reference's key names directly, so comparing it with the
 imported Flax model checks the layers and the key mapping at once. Float64 throughout.
@@ -110,3 +111,35 @@ class ReferenceCENet:
     for i, m in enumerate(self.modalities):
       sims = sims + weights[:, :, i] * (text_emb[m] @ audio[m].T)
     return sims
+
+
+def ranger_steps(p, grad, steps, lr=0.01, wd=1e-3, state=None, b1=0.95, b2=0.999, eps=1e-5):
+  """Ranger 9.3.19 (REFERENCE §4.2) in float64 NumPy: `steps` steps from parameters `p` with
+  gradients `grad(p, t)`, from `state` = (exp_avg, exp_avg_sq, slow_buffer, step) or a fresh
+  Ranger (zeros, slow = p, step 0). Returns {t: parameters after step t}."""
+  p = np.array(p, np.float64)
+  if state is None:
+    m, v, slow, t0 = np.zeros_like(p), np.zeros_like(p), p.copy(), 0
+  else:
+    m, v, slow = (np.array(x, np.float64) for x in state[:3])
+    t0 = state[3]
+  rho_inf = 2 / (1 - b2) - 1
+  trace = {}
+  for t in range(t0 + 1, t0 + steps + 1):
+    g = np.asarray(grad(p, t), np.float64)
+    v = b2 * v + (1 - b2) * g * g
+    m = b1 * m + (1 - b1) * g
+    rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    p = p - wd * lr * p
+    if rho > 5:
+      r = np.sqrt((1 - b2 ** t) * (rho - 4) / (rho_inf - 4) * (rho - 2) / rho * rho_inf /
+                  (rho_inf - 2)) / (1 - b1 ** t)
+      p = p - r * lr * m / (np.sqrt(v) + eps)
+    else:
+      p = p - lr * m / (1 - b1 ** t)
+    if t % 6 == 0:
+      slow = slow + 0.5 * (p - slow)
+      p = slow.copy()
+    trace[t] = p.copy()
+  return trace
+

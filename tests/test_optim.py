@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from jaxretrieval.optim import ranger
+from tests.reference_numpy import ranger_steps
 
 # Parameters after step t of the reference Ranger on loss sum(p^2), p0 = [1, -2, 0.5],
 # lr 0.01, wd 1e-3. The reference steps in float32 internally (it calls .float() on the
@@ -20,28 +21,8 @@ GOLDEN = {1: [0.9799900055, -1.959980011, 0.4899950027],
           13: [0.9488486052, -1.8998178244, 0.4733641446]}
 
 
-def _exact_ranger(p, steps, lr=0.01, wd=1e-3, b1=0.95, b2=0.999, eps=1e-5):
-  """Ranger 9.3.19 written out in float64 NumPy, step by step as REFERENCE §4.2."""
-  p = np.array(p, np.float64)
-  slow, m, v, trace = p.copy(), np.zeros_like(p), np.zeros_like(p), {}
-  rho_inf = 2 / (1 - b2) - 1
-  for t in range(1, steps + 1):
-    g = 2 * p
-    v = b2 * v + (1 - b2) * g * g
-    m = b1 * m + (1 - b1) * g
-    rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
-    p = p - wd * lr * p
-    if rho > 5:
-      r = np.sqrt((1 - b2 ** t) * (rho - 4) / (rho_inf - 4) * (rho - 2) / rho * rho_inf /
-                  (rho_inf - 2)) / (1 - b1 ** t)
-      p = p - r * lr * m / (np.sqrt(v) + eps)
-    else:
-      p = p - lr * m / (1 - b1 ** t)
-    if t % 6 == 0:
-      slow = slow + 0.5 * (p - slow)
-      p = slow.copy()
-    trace[t] = p.copy()
-  return trace
+def _exact_ranger(p, steps):
+  return ranger_steps(p, lambda p, t: 2 * p, steps)
 
 
 def _run(dtype, steps=13):

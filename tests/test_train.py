@@ -48,10 +48,21 @@ def test_run_writes_results_checkpoints_and_tensorboard(trained):
     assert 0 <= on_disk['test'][direction]['R1'] <= on_disk['test'][direction]['R10'] <= 100
   assert results['test']['t2a']['R10'] == on_disk['test']['t2a']['R10']
   assert '| ce — logmel+spectral on synthcaps |' in (workdir / 'results.md').read_text()
-  assert checkpointing.latest_step(workdir, 'latest') == 2
-  assert checkpointing.latest_step(workdir, 'best') == on_disk['best_epoch']
-  assert list(workdir.glob('events.out.tfevents.*'))
+  mngr = checkpointing.manager(workdir)
+  assert mngr.latest_step() == 2 and checkpointing.best_step(mngr) == on_disk['best_epoch']
+  assert on_disk['checkpoint'].endswith(f'checkpoints/{on_disk["best_epoch"]}')
+  tags = _event_tags(workdir)
+  assert {'train/loss', 'val/t2a_R1', 'test/t2a_R1', 'test/a2t_R10'} <= tags
   assert json.loads((workdir / 'config.json').read_text())['tfds_name'] == 'synthcaps/tiny'
+
+
+def _event_tags(workdir) -> set[str]:
+  import tensorflow as tf
+  tags = set()
+  for path in workdir.glob('events.out.tfevents.*'):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
 
 
 @pytest.mark.slow
@@ -61,11 +72,11 @@ def test_resume_after_kill_matches_uninterrupted_run(synthcaps_tiny, tmp_path):
   killed = tmp_path / 'killed'
   process = _launch(killed, synthcaps_tiny, epochs, wait=False)
   deadline = time.time() + 300
-  while checkpointing.latest_step(killed, 'latest') is None and time.time() < deadline:
+  while checkpointing.latest_step(killed) is None and time.time() < deadline:
     time.sleep(0.2)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  stopped_at = checkpointing.latest_step(killed, 'latest')
+  stopped_at = checkpointing.latest_step(killed)
   assert stopped_at is not None and stopped_at < 4 and not (killed / 'results.json').exists()
   _launch(killed, synthcaps_tiny, epochs)
   a = json.loads((tmp_path / 'straight' / 'results.json').read_text())
@@ -76,16 +87,86 @@ def test_resume_after_kill_matches_uninterrupted_run(synthcaps_tiny, tmp_path):
       assert a['test'][d][k] == b['test'][d][k], (d, k)
 
 
-def test_resume_discards_the_best_checkpoint_of_an_interrupted_epoch(synthcaps_tiny, tmp_path):
-  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(tmp_path))
-  best = checkpointing.checkpoint_dir(tmp_path, 'best')
-  # As if killed after saving epoch 2's best checkpoint but before its latest one.
-  shutil.copytree(best / '1', best / '2')
-  results = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=2), str(tmp_path))
-  assert results['epochs_trained'] == 2
-  kept = checkpointing.restore(checkpointing.manager(tmp_path, 'best'), items=('meta',))
-  assert kept['meta']['best_epoch'] == results['best_epoch']
-  assert checkpointing.latest_step(tmp_path, 'best') == results['best_epoch']
+def _truncate(checkpoint: pathlib.Path) -> None:
+  """Cuts every data file of a checkpoint's model item to half its size."""
+  files = [f for f in (checkpoint / 'model').rglob('*') if f.is_file() and f.stat().st_size > 64]
+  assert files
+  for f in files:
+    f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
+
+
+def test_unreadable_or_deleted_checkpoints_fall_back_with_a_warning(synthcaps_tiny, tmp_path,
+                                                                    caplog):
+  workdir = tmp_path / 'w'
+  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=2), str(workdir))
+  straight = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=3),
+                                      str(tmp_path / 'straight'))
+  ckpt = checkpointing.checkpoint_dir(workdir)
+  assert sorted(int(d.name) for d in ckpt.iterdir() if d.name.isdigit()) == [1, 2]
+  # The newest checkpoint is unreadable: resume from the previous one, epoch 2 trains again.
+  _truncate(ckpt / '2')
+  resumed = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=3), str(workdir))
+  assert f'{ckpt}/2 is unreadable' in caplog.text
+  assert resumed['epochs_trained'] == 3
+  for d in ('t2a', 'a2t'):
+    assert resumed['test'][d]['R10'] == straight['test'][d]['R10']
+  # A deleted newest checkpoint destroys nothing else: the previous one resumes and the best
+  # epoch is kept.
+  best = checkpointing.best_step(checkpointing.manager(workdir))
+  shutil.rmtree(ckpt / '3')
+  again = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=3), str(workdir))
+  assert again['epochs_trained'] == 3 and checkpointing.best_step(
+      checkpointing.manager(workdir)) == best
+  # Nothing readable: one error naming the directory to delete.
+  for step in checkpointing.manager(workdir).all_steps():
+    _truncate(ckpt / str(step))
+  with pytest.raises(checkpointing.CheckpointError, match=f'Delete {ckpt} to start over'):
+    train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=4), str(workdir))
+
+
+def test_unreadable_best_checkpoint_is_tested_with_the_next_best(synthcaps_tiny, tmp_path,
+                                                                caplog):
+  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=2), str(tmp_path))
+  mngr = checkpointing.manager(tmp_path)
+  best = checkpointing.best_step(mngr)
+  other = ({1, 2} - {best}).pop()
+  _truncate(checkpointing.checkpoint_dir(tmp_path) / str(best))
+  results = train.evaluate(tiny_config(synthcaps_tiny), str(tmp_path))
+  assert f'/{best} is unreadable' in caplog.text
+  assert results['checkpoint'].endswith(f'/{other}')
+
+
+def test_resuming_with_another_architecture_names_the_changed_fields(trained, synthcaps_tiny,
+                                                                     tmp_path):
+  source, _ = trained
+  workdir = tmp_path / 'w'
+  shutil.copytree(source, workdir)
+  config = tiny_config(synthcaps_tiny, num_epochs=3, **{'model.shared_dim': 32})
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'holds a different model.*model.shared_dim \(64 -> 32\)'):
+    train.train_and_evaluate(config, str(workdir))
+
+
+def test_disk_full_is_one_line_naming_the_directory(synthcaps_tiny, tmp_path, monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+
+  def full(*args, **kwargs):
+    raise RuntimeError('write failed') from OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full)
+  with pytest.raises(checkpointing.CheckpointError, match=r'no space left on the device of '
+                     rf'{checkpointing.checkpoint_dir(tmp_path)} while writing epoch 1 \(needs '
+                     r'about \d+ MB\)'):
+    train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(tmp_path))
+
+
+@pytest.mark.parametrize('batch_size', [0, -16])
+def test_bad_batch_size_is_one_clear_error(tmp_path, batch_size):
+  config = tiny_config(tmp_path, batch_size=batch_size)
+  with pytest.raises(ValueError, match=rf'config.batch_size={batch_size}: expected a positive '
+                     'multiple'):
+    train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthcaps_tiny,
@@ -95,9 +176,40 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(synthca
                        **{'optimizer.lr_decay': 1e30})
   with pytest.raises(FloatingPointError, match=r'loss is (nan|inf) at step [4-9]'):
     train.train_and_evaluate(config, str(tmp_path))
-  assert checkpointing.latest_step(tmp_path, 'latest') == 1
-  restored = checkpointing.restore(checkpointing.manager(tmp_path, 'latest'))
+  mngr = checkpointing.manager(tmp_path)
+  assert mngr.latest_step() == 1
+  restored = checkpointing.restore(mngr, 1)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored['model']))
+
+
+def test_nan_loss_in_the_first_epoch_says_no_checkpoint_was_written(synthcaps_tiny, tmp_path):
+  config = tiny_config(synthcaps_tiny, log_every_steps=1, **{'optimizer.learning_rate': 1e30})
+  with pytest.raises(FloatingPointError, match='no checkpoint was written'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert checkpointing.latest_step(tmp_path) is None
+
+
+def test_eval_mode_prints_metrics_and_keeps_the_training_record(trained, synthcaps_tiny):
+  workdir, _ = trained
+  before = {n: (workdir / n).read_bytes() for n in ('results.json', 'results.md')}
+  done = _launch(workdir, synthcaps_tiny, '--mode=eval')
+  assert '| ce — logmel+spectral on synthcaps |' in done.stdout
+  assert {n: (workdir / n).read_bytes() for n in before} == before
+  evaluated = json.loads((workdir / 'eval_results.json').read_text())
+  training = json.loads(before['results.json'])
+  assert evaluated['checkpoint'] == training['checkpoint']
+  assert evaluated['data_dir'] == str(synthcaps_tiny)
+  assert evaluated['test']['t2a']['R10'] == training['test']['t2a']['R10']
+
+
+def test_unknown_config_field_is_one_line_with_the_nearest_name(tmp_path):
+  done = subprocess.run([sys.executable, str(ROOT / 'launch.py'), '--config',
+                         str(ROOT / 'configs' / 'ce_synthcaps.py'), f'--workdir={tmp_path}',
+                         '--config.model.shared_dimm=3'], capture_output=True, text=True, cwd=ROOT)
+  assert done.returncode != 0
+  assert done.stderr.strip().splitlines() == [
+      "launch.py: --config.model.shared_dimm=3: unknown config field 'shared_dimm'. Did you "
+      'mean "shared_dim" instead of "shared_dimm"?']
 
 
 def test_report_aggregates_seeds(trained, tmp_path):
@@ -125,15 +237,47 @@ def test_report_aggregates_seeds(trained, tmp_path):
 
 def test_fine_tuning_starts_from_the_source_run(trained, synthcaps_tiny, tmp_path):
   source, _ = trained
-  meta = checkpointing.restore(checkpointing.manager(source, 'latest'), items=('meta',))['meta']
+  src = checkpointing.manager(source)
+  meta = checkpointing.restore(src, src.latest_step(), ('meta',))['meta']
   config = tiny_config(synthcaps_tiny, init_from=str(source), num_epochs=1)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['epochs_trained'] == 1
-  logged = checkpointing.restore(checkpointing.manager(tmp_path, 'latest'), items=('meta',))
+  logged = checkpointing.restore(checkpointing.manager(tmp_path), 1, ('meta',))
   assert logged['meta']['base_lr'] == pytest.approx(meta['learning_rate'])
   config = tiny_config(synthcaps_tiny, init_from=str(tmp_path / 'absent'))
   with pytest.raises(FileNotFoundError, match='holds no checkpoint'):
     train.train_and_evaluate(config, str(tmp_path / 'other'))
+  assert not (tmp_path / 'absent').exists()
+
+
+def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
+    trained, synthcaps_tiny, tmp_path, monkeypatch):
+  """init_optimizer=False: the optimizer starts on the restored weights (LookAhead's slow
+  weights included), so training equals a run initialised with those weights."""
+  source, _ = trained
+  # batch 8: 6 steps, so the LookAhead synchronisation at step 6 happens.
+  config = tiny_config(synthcaps_tiny, init_from=str(source), init_optimizer=False,
+                       num_epochs=1, batch_size=8, seed=3)
+  run = train.Run(config, tmp_path / 'direct')
+  state, _ = train._initialise_from(run)
+  src = checkpointing.manager(source)
+  restored = checkpointing.restore(src, checkpointing.best_step(src))['model']
+  for slow, weight, want in zip(jax.tree.leaves(state.opt_state.slow),
+                                jax.tree.leaves(state.params),
+                                jax.tree.leaves(restored['params'])):
+    np.testing.assert_array_equal(slow, want)
+    np.testing.assert_array_equal(weight, want)
+  assert int(state.opt_state.count) == 0 and int(state.step) == 0
+
+  tuned = train.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  monkeypatch.setattr(train.Run, 'init_variables', lambda self: restored)
+  plain = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1, batch_size=8,
+                                               seed=3), str(tmp_path / 'plain'))
+  a = checkpointing.restore(checkpointing.manager(tmp_path / 'tuned'), 1)['model']
+  b = checkpointing.restore(checkpointing.manager(tmp_path / 'plain'), 1)['model']
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, atol=1e-6)
+  assert tuned['test']['t2a']['R10'] == plain['test']['t2a']['R10']
 
 
 def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_path):
@@ -143,7 +287,7 @@ def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_pat
   for d in ('t2a', 'a2t'):
     for k in ('R1', 'R5', 'R10', 'MeanR'):
       assert host['test'][d][k] == device['test'][d][k]
-  a = checkpointing.restore(checkpointing.manager(tmp_path / 'a', 'latest'))['model']
-  b = checkpointing.restore(checkpointing.manager(tmp_path / 'b', 'latest'))['model']
+  a = checkpointing.restore(checkpointing.manager(tmp_path / 'a'), 1)['model']
+  b = checkpointing.restore(checkpointing.manager(tmp_path / 'b'), 1)['model']
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-6)

@@ -225,7 +225,8 @@ def convert_ranger_state(optimizer: dict, state_dict: dict[str, np.ndarray],
   """The reference Ranger state as {'step', 'learning_rate', 'mu', 'nu', 'slow'}.
 
   `mu`, `nu` and `slow` (exp_avg, exp_avg_sq, slow_buffer) are trees shaped like
-  `params`. Ranger indexes its state by parameter position, which is the order of the
+  `params`; a Ranger that never stepped (the reference's trainer saves such files) has no
+  per-parameter state: then only `step` (0) and `learning_rate` are returned. Ranger indexes its state by parameter position, which is the order of the
   state_dict's parameters (buffers left out). Note (REFERENCE §3.1): this is the state at
   the *last* epoch, while the weights are those of the best epoch.
   """
@@ -237,6 +238,8 @@ def convert_ranger_state(optimizer: dict, state_dict: dict[str, np.ndarray],
   keys = [k for k, v in state_dict.items()
           if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))
           and not k.startswith(_LEGACY_PREFIXES)]
+  if not per_param:
+    return {'step': np.int32(0), 'learning_rate': np.float32(group['lr'])}
   if len(group['params']) != len(keys):
     raise CheckpointMismatch(f'optimizer state covers {len(group["params"])} parameters, the '
                              f'state_dict has {len(keys)}')

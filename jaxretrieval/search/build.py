@@ -34,8 +34,9 @@ def load_workdir(workdir: pathlib.Path):
                         for e in spec.experts},
             'availability': jnp.ones((1, len(spec.experts))), 'text': jnp.zeros((1, 2, 300))}
   target = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))
-  best = checkpointing.restore(checkpointing.manager(workdir, 'best'), targets={'model': target})
-  return config, spec, best['model']
+  _, variables = checkpointing.restore_best_model(checkpointing.manager(workdir), target,
+                                                 f'indexing with {workdir}')
+  return config, spec, variables
 
 
 def _folder_examples(folder: pathlib.Path, split: str | None):

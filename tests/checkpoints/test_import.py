@@ -18,7 +18,7 @@ from jaxretrieval.import_torch import config_from_reference, import_checkpoint
 from jaxretrieval.models import RetrievalModel
 from tests.reference_checkpoint import (REF_EXPERTS, random_state_dict, reference_config,
                                         reference_keys, write_reference_checkpoint)
-from tests.reference_numpy import ReferenceCENet
+from tests.reference_numpy import ReferenceCENet, ranger_steps
 
 CASES = [  # (dataset, reference modalities, variant)
     ('CLOTHO', ['audio', 'vggsound'], 'ce'),
@@ -59,7 +59,7 @@ def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, v
   path, state_dict, _ = _write(tmp_path, dataset, modalities, variant)
   meta = import_checkpoint(str(path), str(tmp_path / 'work'))
   assert meta['variant'] == variant and meta['epoch'] == 12
-  restored = checkpointing.restore(checkpointing.manager(tmp_path / 'work', 'best'))
+  restored = checkpointing.restore(checkpointing.manager(tmp_path / 'work'), 12)
   config = json.loads((tmp_path / 'work' / 'config.json').read_text())
   spec = model_spec(ml_collections.ConfigDict(config),
                     {convert.short_name(m): REF_EXPERTS[m] for m in modalities})
@@ -122,7 +122,7 @@ def test_cli_writes_an_evaluable_workdir(tmp_path):
                         str(path), '--config', str(tmp_path / 'config.json'), '--out',
                         str(tmp_path / 'w')], capture_output=True, text=True, check=True)
   assert '7,389,127 parameters' in out.stdout
-  assert checkpointing.latest_step(tmp_path / 'w', 'best') == 12
+  assert checkpointing.latest_step(tmp_path / 'w') == 12
   assert json.loads((tmp_path / 'w' / 'config.json').read_text())['experts'] == ['vggish']
 
 
@@ -179,9 +179,12 @@ def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
   subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', f'--checkpoint={path}',
                   f'--out={tmp_path / "w"}', f'--data_dir={tmp_path / "tfds"}'], check=True,
                  capture_output=True, cwd=root)
-  subprocess.run([sys.executable, 'launch.py', '--mode=eval', f'--workdir={tmp_path / "w"}'],
-                 check=True, capture_output=True, cwd=root)
-  ours = json.loads((tmp_path / 'w' / 'results.json').read_text())['test']
+  evaluated = subprocess.run([sys.executable, 'launch.py', '--mode=eval',
+                              f'--workdir={tmp_path / "w"}'], capture_output=True, text=True,
+                             cwd=root)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  ours = json.loads((tmp_path / 'w' / 'eval_results.json').read_text())['test']
+  assert '| ce — vggish+vggsound on clotho |' in evaluated.stdout  # the metrics table
   training = subprocess.run([sys.executable, 'launch.py', f'--workdir={tmp_path / "w"}'],
                             capture_output=True, text=True, cwd=root)
   assert training.returncode != 0 and 'holds an imported checkpoint' in training.stderr
@@ -205,3 +208,102 @@ def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
   for d in ('t2a', 'a2t'):
     for k in ('R1', 'R5', 'R10', 'MedR', 'MeanR'):
       assert ours[d][k] == pytest.approx(want[d][k]), (d, k)
+
+
+def _ranger_state(state_dict, keys, step, lr, seed=0):
+  """A reference Ranger state_dict after `step` steps (random moments and slow weights)."""
+  import torch
+  rng = np.random.default_rng(seed)
+  params = [k for k, _ in keys if not k.endswith(('running_mean', 'running_var',
+                                                  'num_batches_tracked'))]
+  state = {} if step == 0 else {i: {
+      'step': step,
+      'exp_avg': torch.from_numpy(rng.normal(0, 1e-2, state_dict[k].shape).astype(np.float32)),
+      'exp_avg_sq': torch.from_numpy(rng.uniform(1e-6, 1e-4, state_dict[k].shape)
+                                     .astype(np.float32)),
+      'slow_buffer': torch.from_numpy((state_dict[k] + rng.normal(0, 1e-2, state_dict[k].shape))
+                                      .astype(np.float32))} for i, k in enumerate(params)}
+  group = {'lr': lr, 'initial_lr': 0.01, 'alpha': 0.5, 'k': 6, 'step_counter': 0,
+           'betas': (0.95, 0.999), 'N_sma_threshhold': 5, 'eps': 1e-5, 'weight_decay': 1e-3,
+           'params': list(range(len(params)))}
+  return {'state': state, 'param_groups': [group]}
+
+
+@pytest.fixture(scope='module')
+def miniature_clotho(tmp_path_factory):
+  """A TFDS data_dir holding a miniature CLOTHO release."""
+  from tests.data.test_release_builders import build
+  from tests.release_miniature import make_contents, write_release
+  root = tmp_path_factory.mktemp('clotho')
+  contents = make_contents('clotho', {'train': 4, 'val': 3, 'test': 3})
+  build('clotho', root, write_release('clotho', root, contents))
+  return root / 'tfds'
+
+
+def _fine_tune_config(imported, data_dir):
+  from jaxretrieval import train
+  config = ml_collections.ConfigDict(json.loads((imported / 'config.json').read_text()))
+  config.data_dir = str(data_dir)
+  config.init_from = str(imported)  # config.init_optimizer stays at its default, True
+  config.num_epochs = 1
+  assert config.init_optimizer
+  return config, train
+
+
+def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_clotho):
+  """import_torch of a stepped Ranger -> init_from with the default init_optimizer: the steps
+  that follow are the reference Ranger's, from its state and its decayed learning rate."""
+  keys = reference_keys('mimic', ['audio'])
+  state_dict = random_state_dict(keys, 2)
+  lr, t0 = 0.01 * 0.95 ** 19, 40  # steps 41..44 cross the LookAhead sync at step 42
+  ranger = _ranger_state(state_dict, keys, t0, lr)
+  path = tmp_path / 'trained_model.pth'
+  write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', ['audio'], 'mimic',
+                                                                MAX_TOKENS), optimizer=ranger)
+  meta = import_checkpoint(str(path), str(tmp_path / 'imported'))
+  assert meta['learning_rate'] == pytest.approx(lr) and meta['optimizer_steps'] == t0
+  config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
+  run = train.Run(config, tmp_path / 'tuned')
+  state, train_meta = train._initialise_from(run)
+  assert train_meta.base_lr == pytest.approx(lr)
+  imported = checkpointing.restore(checkpointing.manager(tmp_path / 'imported'), 12,
+                                   ('model', 'optimizer'))
+  rng = np.random.default_rng(1)
+  grads = [jax.tree.map(lambda x: rng.normal(0, 1e-2, x.shape).astype(np.float32),
+                        state.params) for _ in range(4)]
+  for g in grads:
+    state = state.apply_gradients(grads=g)
+  flat = lambda tree: jax.tree.leaves(tree)
+  opt = imported['optimizer']
+  for i, (p0, m, v, slow, ours) in enumerate(zip(
+      flat(imported['model']['params']), flat(opt['mu']), flat(opt['nu']), flat(opt['slow']),
+      flat(state.params))):
+    want = ranger_steps(p0, lambda p, t: flat(grads[t - t0 - 1])[i], 4,
+                        lr=lr, state=(m, v, slow, t0))[t0 + 4]
+    np.testing.assert_allclose(ours, want, rtol=1e-5, atol=1e-7)
+  # The whole fine-tuning run goes through with the default config.
+  results = train.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  assert results['epochs_trained'] == 1
+
+
+def test_a_ranger_that_never_stepped_imports_its_weights_and_learning_rate(
+    tmp_path, miniature_clotho):
+  keys = reference_keys('mimic', ['audio'])
+  state_dict = random_state_dict(keys, 3)
+  path = tmp_path / 'trained_model.pth'
+  write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', ['audio'], 'mimic',
+                                                                MAX_TOKENS),
+                             optimizer=_ranger_state(state_dict, keys, 0, 0.01))
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+                        str(path), '--out', str(tmp_path / 'imported')], capture_output=True,
+                       text=True, check=True)
+  assert 'the Ranger state is empty (never stepped), lr 0.01' in out.stdout
+  config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
+  state, meta = train._initialise_from(train.Run(config, tmp_path / 'tuned'))
+  assert meta.base_lr == pytest.approx(0.01) and int(state.opt_state.count) == 0
+  want = convert.convert_state_dict(state_dict, convert.spec_from_reference(
+      reference_config('CLOTHO', ['audio'], 'mimic', MAX_TOKENS), state_dict))['params']
+  for slow, weight, w in zip(jax.tree.leaves(state.opt_state.slow), jax.tree.leaves(state.params),
+                             jax.tree.leaves(want)):
+    np.testing.assert_array_equal(slow, w)
+    np.testing.assert_array_equal(weight, w)
