@@ -115,8 +115,10 @@ class ReferenceCENet:
 
 def ranger_steps(p, grad, steps, lr=0.01, wd=1e-3, state=None, b1=0.95, b2=0.999, eps=1e-5):
   """Ranger 9.3.19 (REFERENCE §4.2) in float64 NumPy: `steps` steps from parameters `p` with
-  gradients `grad(p, t)`, from `state` = (exp_avg, exp_avg_sq, slow_buffer, step) or a fresh
-  Ranger (zeros, slow = p, step 0). Returns {t: parameters after step t}."""
+  gradients `grad(p, t)` and learning rate `lr` (a number, or `lr(t)`), from `state` =
+  (exp_avg, exp_avg_sq, slow_buffer, step) or a fresh Ranger (zeros, slow = p, step 0).
+  Returns {t: parameters after step t}."""
+  rate = lr if callable(lr) else lambda t: lr
   p = np.array(p, np.float64)
   if state is None:
     m, v, slow, t0 = np.zeros_like(p), np.zeros_like(p), p.copy(), 0
@@ -127,6 +129,7 @@ def ranger_steps(p, grad, steps, lr=0.01, wd=1e-3, state=None, b1=0.95, b2=0.999
   trace = {}
   for t in range(t0 + 1, t0 + steps + 1):
     g = np.asarray(grad(p, t), np.float64)
+    lr = rate(t)
     v = b2 * v + (1 - b2) * g * g
     m = b1 * m + (1 - b1) * g
     rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
