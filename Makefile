@@ -3,19 +3,37 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/synthcaps_ce
+# Debian packages the tests use: Chromium and its driver (the search page's browser test).
+TEST_DEBS := chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test demo venv clean
+.PHONY: test demo venv test-deps clean
 
-$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
+# The runtime (what `make demo` needs).
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The runtime plus what only the tests use (torch, selenium, pytest).
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
 venv: $(VENV)/.installed
 
-test: $(VENV)/.installed
+# Installs the Debian packages of TEST_DEBS that are missing (as root, or through sudo).
+test-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(VENV)/.installed-test test-deps
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed
