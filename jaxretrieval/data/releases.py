@@ -252,8 +252,9 @@ class ReleaseReader:
         if absent:
           raise ReleaseFileError(
               f'{self.dataset}: {len(absent)} id(s) of {self.release.splits[split]} have no '
-              f'entry in {table_file}: {_shown(absent)}. Without captions an item cannot be '
-              'used; remove them from the split list or use complete files.')
+              f'entry in {table_file}: {_shown(absent)}. An item without captions and their '
+              'word vectors cannot be used; remove them from the split list or use complete '
+              'files.')
     return ids
 
   def missing_report(self, split: str) -> list[str]:

@@ -1,7 +1,9 @@
 """TFDS builders of the released datasets, built from miniatures in the release format."""
 
 import importlib
+import os
 import pathlib
+import pickle
 import shutil
 import subprocess
 import sys
@@ -201,7 +203,7 @@ def test_hickle4_reader_handles_both_attribute_styles(tmp_path):
     assert np.isnan(loaded['gone_1'])
 
 
-def _missing_counts(dataset, contents):
+def _missing_counts(contents):
   """split -> expert -> how many of the split's items `contents` leaves without an entry."""
   return {split: {expert: sum(values[i] is None for i in ids)
                   for expert, values in contents['features'].items()}
@@ -227,7 +229,7 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
     builder = build('audiocaps', tmp_path, manual)
   for split in LAYOUTS['audiocaps'][2]:
     check_split(builder, split, contents)
-  counts = _missing_counts('audiocaps', contents)
+  counts = _missing_counts(contents)
   assert counts['test']['vggsound'] == 1 and counts['train']['pann'] == 1
   assert builder.info.metadata['missing_entries'] == counts
   reloaded = tfds.builder_from_directory(str(tmp_path / 'tfds' / 'audiocaps' / '1.0.0'))
@@ -235,7 +237,7 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
   log = caplog.text
   assert (f'audiocaps test: 1 of 4 item(s) have no vggsound entry in '
           f'aggregated_vggsound/vggsound-raw.hickle (not flaky') in log and test_gap in log
-  assert f'audiocaps train: 1 of 4 item(s) have no pann entry' in log
+  assert 'audiocaps train: 1 of 4 item(s) have no pann entry' in log
 
   config = ce_audiocaps.get_config()
   config.data_dir = str(tmp_path / 'tfds')
@@ -277,12 +279,12 @@ def test_caption_tokens_stored_as_bytes_are_decoded_or_named(tmp_path):
   captions = dict(contents['captions'])
   captions[first] = [[b'caf\xc3\xa9', b'bell']] + captions[first][1:]
   (root / 'structured-symlinks' / 'raw-captions.pkl').write_bytes(
-      __import__('pickle').dumps(captions, protocol=2))
+      pickle.dumps(captions, protocol=2))
   examples = ReleaseReader('clotho', root).examples('train')
   assert next(examples)[1]['captions'][0] == 'café bell'
   captions[second] = [[b'\xff\xfeloud']] + captions[second][1:]
   (root / 'structured-symlinks' / 'raw-captions.pkl').write_bytes(
-      __import__('pickle').dumps(captions, protocol=2))
+      pickle.dumps(captions, protocol=2))
   with pytest.raises(ReleaseFileError,
                      match=f'clotho: item {second} of structured-symlinks/raw-captions.pkl has '
                            'a caption token that is not UTF-8'):
@@ -303,7 +305,6 @@ def test_fixed_archive_replaces_a_stale_unpacked_copy(tmp_path):
 
 
 def test_unpacked_copy_is_reused_only_for_the_same_archive(tmp_path):
-  import os
   from jaxretrieval.data.releases import unpack_archive
   manual = write_release('queryd_segments', tmp_path, make_contents('queryd_segments'))
   archive = manual / 'QuerYDSegments-experts-audio-only.tar.gz'
