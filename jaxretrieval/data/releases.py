@@ -20,6 +20,7 @@ import json
 import pathlib
 import shutil
 import tarfile
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -153,12 +154,26 @@ def find_root(release: Release, directory: pathlib.Path) -> pathlib.Path | None:
   return None
 
 
-def extract_archive(archive: pathlib.Path, destination: pathlib.Path) -> None:
-  """Unpacks a release archive, refusing members that would land outside `destination`."""
+def extract_archive(archive: pathlib.Path, destination: pathlib.Path,
+                    log_every_s: float = 30.0) -> None:
+  """Unpacks a release archive, refusing members that would land outside `destination`.
+
+  Logs progress (share of the archive read, MB/s, ETA) every `log_every_s` seconds: the
+  large archives take minutes.
+  """
   destination.mkdir(parents=True, exist_ok=True)
+  total = max(archive.stat().st_size, 1)
+  start = last = time.monotonic()
   try:
-    with tarfile.open(archive) as tar:
-      tar.extractall(destination, filter='data')
+    with open(archive, 'rb') as raw, tarfile.open(fileobj=raw) as tar:
+      for member in tar:
+        tar.extract(member, destination, filter='data')
+        now = time.monotonic()
+        if now - last >= log_every_s:
+          last, done = now, raw.tell()
+          rate = done / max(now - start, 1e-9)
+          logging.info('Unpacking %s: %.0f%% (%.1f MB/s, ETA %.0f s)', archive.name,
+                       100 * done / total, rate / 1e6, (total - done) / max(rate, 1e-9))
   except (tarfile.TarError, EOFError, OSError) as e:
     raise ReleaseFileError(f'{archive}: cannot unpack ({e}); is the download complete?') from e
 

@@ -4,6 +4,7 @@ import importlib
 import os
 import pathlib
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -323,3 +324,15 @@ def test_unpacked_copy_is_reused_only_for_the_same_archive(tmp_path):
   (target / '.unpacked').unlink()
   unpack_archive(archive, target)
   assert not marker.exists()
+
+
+def test_unpacking_logs_progress(tmp_path, caplog):
+  from jaxretrieval.data.releases import extract_archive
+  manual = write_release('queryd_segments', tmp_path, make_contents('queryd_segments'))
+  with caplog.at_level('INFO'):
+    extract_archive(manual / 'QuerYDSegments-experts-audio-only.tar.gz', tmp_path / 'out',
+                    log_every_s=0.0)
+  assert re.search(r'Unpacking QuerYDSegments-experts-audio-only\.tar\.gz: \d+% '
+                   r'\([\d.]+ MB/s, ETA \d+ s\)', caplog.text)
+  assert (tmp_path / 'out' / 'data' / 'QuerYDSegments' / 'structured-symlinks' /
+          'test_list.txt').is_file()
