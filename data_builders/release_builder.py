@@ -1,16 +1,20 @@
 """A TFDS builder over a released feature archive (REFERENCE §1); one subclass per dataset.
 
 Build with `tfds build data_builders/<name> --manual_dir=DIR`, DIR holding the
-`<NAME>-experts-audio-only.tar.gz` archive or the folder it unpacks to.
+`<NAME>-experts-audio-only.tar.gz` archive or the folder it unpacks to. Items without an
+entry in an expert's file are built as unavailable for it; the build log and the dataset's
+metadata (`builder.info.metadata['missing_entries'][split][expert]`, in `metadata.json`)
+count them.
 """
 
 import pathlib
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxretrieval.data.releases import (RELEASES, WORD_DIM, Release, ReleaseFileError,
-                                        ReleaseReader, extract_archive, find_root)
+                                        ReleaseReader, find_root, unpack_archive)
 
 
 def release_features(release: Release) -> tfds.features.FeaturesDict:
@@ -46,10 +50,7 @@ def locate_release(dataset: str, manual_dir: pathlib.Path, scratch: pathlib.Path
   archive = manual_dir / release.archive
   if archive.is_file():
     target = scratch / release.name
-    done = target / '.unpacked'
-    if not done.is_file():
-      extract_archive(archive, target)
-      done.touch()
+    unpack_archive(archive, target)
     root = find_root(release, target)
     if root is None:
       raise ReleaseFileError(f'{dataset}: {archive} does not hold '
@@ -73,19 +74,24 @@ class ReleaseBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description=f'{release.name} precomputed expert features and captions of the audio '
                     'retrieval benchmark (Oncescu et al., Interspeech 2021).',
         features=release_features(release),
-        homepage='https://github.com/akoepke/audio-retrieval-benchmark')
+        homepage='https://github.com/akoepke/audio-retrieval-benchmark',
+        metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     root = locate_release(self.DATASET, dl_manager.manual_dir,
                           pathlib.Path(dl_manager.download_dir) / 'unpacked')
     reader = ReleaseReader(self.DATASET, root)
-    for split in reader.release.splits:  # fail before writing anything if a list is absent
-      reader.split_ids(split)
+    reader.check_splits()  # fail before writing anything
     return {split: self._generate_examples(reader, split) for split in reader.release.splits}
 
   def _generate_examples(self, reader: ReleaseReader, split: str):
     for key, example in reader.examples(split):
       yield key, tfds_example(example)
+    # Reached once TFDS has written the whole split.
+    counts = {expert: len(ids) for expert, ids in reader.missing[split].items()}
+    self.info.metadata.setdefault('missing_entries', {})[split] = counts
+    for line in reader.missing_report(split):
+      logging.warning(line)
 
 
 def tfds_example(example: dict) -> dict:

@@ -118,11 +118,14 @@ def _expert_store_class():
 
 
 def item_ids(dataset: str, split: str, n: int) -> list[str]:
+  """`n` ids of a split in the dataset's id style; no id is in two splits."""
   style = {'audiocaps': '{yt}_{ms}', 'activitynet_captions': 'v_{yt}', 'queryd': 'video-{yt}',
-           'queryd_segments': '{yt}-{yt}_{hex}', 'sounddescs': 'nhu{ms:08d}'}.get(
+           'queryd_segments': '{yt}-{yt}_{hex}', 'sounddescs': 'nhu{serial:08d}'}.get(
                dataset, '{yt}_{split}{i}.wav')
+  split_offset = 10**6 * {'val': 1, 'test': 2}.get(split, 0)  # BBC ids carry no split name
   return [style.format(yt=f'{split[:2]}Yt{i:04d}xQ', ms=1000 * i + 20000 * (i % 2),
-                       hex=f'{i:024x}', split=split, i=i) for i in range(n)]
+                       serial=split_offset + 1000 * i, hex=f'{i:024x}', split=split, i=i)
+          for i in range(n)]
 
 
 def make_contents(dataset: str, sizes: dict[str, int] | None = None, seed: int = 0) -> dict:

@@ -1,7 +1,7 @@
 """Readers of the reference's release files: hickle 4, pickle, split lists (REFERENCE §1.2).
 
 * Pickles load with `encoding='latin1'` through an allow-listing unpickler: containers,
-  NumPy arrays and the zsvision `ExpertStore` (also under its old module name
+  byte strings, NumPy arrays and the zsvision `ExpertStore` (also under its old module name
   `datastructures`) - nothing else can be built, so no file can run code.
 * Hickle 4 dict files are read lazily with h5py (one item at a time, so a 6 GB AudioCaps
   file is never loaded whole); other hickle versions go through `hickle.load`.
@@ -62,7 +62,8 @@ def _numpy(module_suffix: str, name: str):
 
 _ALLOWED = {
     ('builtins', 'dict'), ('builtins', 'list'), ('builtins', 'set'), ('builtins', 'tuple'),
-    ('builtins', 'frozenset'), ('builtins', 'slice'), ('collections', 'OrderedDict'),
+    ('builtins', 'frozenset'), ('builtins', 'slice'), ('builtins', 'bytes'),
+    ('collections', 'OrderedDict'),
     ('collections', 'defaultdict'), ('numpy', 'ndarray'), ('numpy', 'dtype'),
     ('_codecs', 'encode'), ('copyreg', '_reconstructor'), ('builtins', 'object'),
 }
@@ -164,11 +165,24 @@ def read_split_list(path: pathlib.Path) -> list[str]:
   return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def caption_text(caption: Any) -> str:
+  """A caption as text: a string, or its tokens joined by spaces.
+
+  Tokens stored as bytes (Python 3 pickles of byte strings) are decoded as UTF-8; a
+  token that is not UTF-8 raises UnicodeDecodeError, so the caller can name the item.
+  """
+  tokens = [caption] if isinstance(caption, (str, bytes)) else caption
+  return ' '.join(t.decode('utf-8') if isinstance(t, bytes) else str(t) for t in tokens)
+
+
 def is_missing(value: Any) -> bool:
-  """A missing feature: absent (None), a float NaN, or an all-NaN row (ExpertStore)."""
+  """A missing feature: absent (None), a float NaN, an all-NaN row (ExpertStore) or an
+  array with no frames (`(0, D)`, which holds nothing to pool)."""
   if value is None:
     return True
   if isinstance(value, (float, np.floating)):
     return bool(np.isnan(value))
   array = np.asarray(value)
-  return array.size > 0 and array.dtype.kind == 'f' and bool(np.all(np.isnan(array)))
+  if array.size == 0:
+    return True
+  return array.dtype.kind == 'f' and bool(np.all(np.isnan(array)))
