@@ -108,19 +108,17 @@ def write_tf_vggish(path, examples: np.ndarray, seed: int = 0) -> np.ndarray:
   the official graph's embeddings of `examples` `[n, 96, 64]`."""
   import tensorflow as tf
   tf1 = tf.compat.v1
-  rng = np.random.default_rng(seed)
   with tf.Graph().as_default():
+    tf1.set_random_seed(seed)
     variables = {}
-    for name, cin, cout in TF_CONVS:
+    for name, shape in [(n, (3, 3, cin, cout)) for n, cin, cout in TF_CONVS] + [
+        (n, (cin, cout)) for n, cin, cout in TF_FCS]:
+      fan_in = int(np.prod(shape[:-1]))
       variables[name] = (
-          tf1.Variable(rng.normal(0, np.sqrt(2 / (9 * cin)), (3, 3, cin, cout)).astype(np.float32),
-                       name=f'vggish/{name}/weights'),
-          tf1.Variable(rng.normal(0, 0.05, cout).astype(np.float32), name=f'vggish/{name}/biases'))
-    for name, cin, cout in TF_FCS:
-      variables[name] = (
-          tf1.Variable(rng.normal(0, np.sqrt(2 / cin), (cin, cout)).astype(np.float32),
-                       name=f'vggish/{name}/weights'),
-          tf1.Variable(rng.normal(0, 0.05, cout).astype(np.float32), name=f'vggish/{name}/biases'))
+          tf1.get_variable(f'vggish/{name}/weights', shape, initializer=tf1.random_normal_initializer(
+              stddev=np.sqrt(2 / fan_in))),
+          tf1.get_variable(f'vggish/{name}/biases', shape[-1:],
+                           initializer=tf1.random_normal_initializer(stddev=0.05)))
     features = tf1.placeholder(tf.float32, (None, 96, 64))
     net = tf.reshape(features, [-1, 96, 64, 1])
     for name, _, _ in TF_CONVS:
