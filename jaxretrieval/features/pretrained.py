@@ -58,6 +58,11 @@ def prepare_file(path, experts, options: Options):
     return None, str(e)
 
 
+def _rows(n: int, most: int) -> int:
+  """Batch rows for `n` items: a power of two up to `most`, so a few shapes are compiled."""
+  return min(most, 1 << max(0, n - 1).bit_length())
+
+
 def bucket(frames: int) -> int:
   """The smallest of 256, 384, 512, 768, 1024, 1536, ... that holds `frames`."""
   size = 256
@@ -84,11 +89,13 @@ class VGGishRunner:
     if not sum(counts):
       return [None] * len(clips)
     examples = np.concatenate([c for c in clips if len(c)])
-    size = self.options.vggish_batch
-    padded = np.zeros((-(-len(examples) // size) * size, 96, 64), np.float32)
-    padded[:len(examples)] = examples
-    embeddings = np.concatenate([np.asarray(self._apply(self.params, padded[i:i + size]))
-                                 for i in range(0, len(padded), size)])[:len(examples)]
+    parts = []
+    for i in range(0, len(examples), self.options.vggish_batch):
+      chunk = examples[i:i + self.options.vggish_batch]
+      batch = np.zeros((_rows(len(chunk), self.options.vggish_batch), 96, 64), np.float32)
+      batch[:len(chunk)] = chunk
+      parts.append(np.asarray(self._apply(self.params, batch))[:len(chunk)])
+    embeddings = np.concatenate(parts)
     if self.options.vggish_output == 'postprocessed':
       embeddings = vggish.postprocess(embeddings, self.pca, self.options.vggish_flavour)
     out, start = [], 0
@@ -117,8 +124,9 @@ class VGGSoundRunner:
       per_batch = max(1, self.options.vggsound_frames // length)
       for i in range(0, len(members), per_batch):
         chunk = members[i:i + per_batch]
-        batch = np.zeros((per_batch, vggsound.BINS, length), np.float32)
-        lengths = np.zeros(per_batch, np.int32)  # unused rows: length 0, all masked
+        rows = _rows(len(chunk), per_batch)
+        batch = np.zeros((rows, vggsound.BINS, length), np.float32)
+        lengths = np.zeros(rows, np.int32)  # unused rows: length 0, all masked
         for row, k in enumerate(chunk):
           batch[row, :, :specs[k].shape[1]] = specs[k]
           lengths[row] = specs[k].shape[1]

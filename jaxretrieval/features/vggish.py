@@ -207,13 +207,18 @@ def _load_pth(path, url):
 
 
 def load_weights(path: str | pathlib.Path) -> dict:
-  """Flax params from either published format (`.pth` -> torchvggish, else TF)."""
+  """Flax params from either published format: a TF checkpoint (the official single-file
+  `vggish_model.ckpt`, or `PREFIX.index` + data files) or a torch file (torchvggish)."""
   path = pathlib.Path(path)
-  if path.suffix == '.pth':
-    return load_torch_checkpoint(path)
-  if not path.with_name(path.name + '.index').is_file() and not path.is_file():
+  if path.with_name(path.name + '.index').is_file():
+    return load_tf_checkpoint(path)
+  if not path.is_file():
     raise WeightsError(f'VGGish checkpoint {path} not found; download {URLS["checkpoint"]} '
                        f'(or torchvggish\'s {URLS["torch"]})')
+  with open(path, 'rb') as f:
+    head = f.read(2)
+  if head in (b'PK', b'\x80\x02'):  # zip-serialised or legacy torch.save
+    return load_torch_checkpoint(path)
   return load_tf_checkpoint(path)
 
 
