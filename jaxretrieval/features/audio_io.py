@@ -49,7 +49,8 @@ def read_audio(path: pathlib.Path, sample_rate: int = 16000,
   if path.suffix.lower() == '.wav':
     _check_wav_complete(path)
   try:
-    wave, rate = soundfile.read(str(path), dtype='float64', always_2d=True)
+    with open(path, 'rb') as f:  # a file object: names that are not UTF-8 open too
+      wave, rate = soundfile.read(f, dtype='float64', always_2d=True)
   except (RuntimeError, soundfile.LibsndfileError, OSError) as e:
     raise AudioReadError(f'{path}: {e}') from e
   wave = wave.mean(axis=1)
