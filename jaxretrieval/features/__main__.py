@@ -135,7 +135,8 @@ def extract_all(files, ids, experts, options, runners, captions, workers, chunk)
       max(1, workers), mp_context=multiprocessing.get_context('spawn')) as pool:
     for first in range(0, len(files), chunk):
       paths, names = files[first:first + chunk], ids[first:first + chunk]
-      results = list(pool.map(pretrained.prepare_file, paths, [experts] * len(paths), [options] * len(paths)))
+      results = list(pool.map(pretrained.prepare_file, paths, [experts] * len(paths),
+                              [options] * len(paths)))
       ok = [k for k, (_, error) in enumerate(results) if error is None]
       for k, (_, error) in enumerate(results):
         if error is not None:

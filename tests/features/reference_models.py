@@ -115,8 +115,8 @@ def write_tf_vggish(path, examples: np.ndarray, seed: int = 0) -> np.ndarray:
         (n, (cin, cout)) for n, cin, cout in TF_FCS]:
       fan_in = int(np.prod(shape[:-1]))
       variables[name] = (
-          tf1.get_variable(f'vggish/{name}/weights', shape, initializer=tf1.random_normal_initializer(
-              stddev=np.sqrt(2 / fan_in))),
+          tf1.get_variable(f'vggish/{name}/weights', shape,
+                           initializer=tf1.random_normal_initializer(stddev=np.sqrt(2 / fan_in))),
           tf1.get_variable(f'vggish/{name}/biases', shape[-1:],
                            initializer=tf1.random_normal_initializer(stddev=0.05)))
     features = tf1.placeholder(tf.float32, (None, 96, 64))
