@@ -1,4 +1,5 @@
-"""Reads `torch.save` files (zip serialisation, torch >= 1.6) without torch.
+"""Reads `torch.save` files without torch: the zip serialisation (torch >= 1.6) and the
+legacy stream format of older releases (e.g. VGGSound's `H.pth.tar`, torchvggish's `.pth`).
 
 Tensors come back as NumPy arrays. The unpickler only builds a small allow-list of classes
 (containers, paths, NumPy scalars, torch tensor rebuilders); any other class, such as the
@@ -94,11 +95,11 @@ _SAFE = {
 
 
 class _Unpickler(pickle.Unpickler):
+  """Allow-listed unpickler; tensor storages come from `read_storage(key, dtype, numel)`."""
 
-  def __init__(self, file, archive: zipfile.ZipFile, prefix: str):
+  def __init__(self, file, read_storage):
     super().__init__(file, encoding='latin1')
-    self._archive = archive
-    self._prefix = prefix
+    self._read_storage = read_storage
     self._storages: dict[str, np.ndarray] = {}
 
   def find_class(self, module: str, name: str) -> Any:
@@ -114,25 +115,20 @@ class _Unpickler(pickle.Unpickler):
       raise TorchFileError(f'unsupported persistent id {kind!r}')
     if not isinstance(storage_type, _StorageType):
       raise TorchFileError(f'unsupported tensor storage {storage_type!r} (key {key})')
+    if len(pid) > 5 and pid[5] is not None:
+      raise TorchFileError(f'storage {key}: tensor views of torch < 0.4 are not supported')
     if key not in self._storages:
-      raw = self._archive.read(f'{self._prefix}data/{key}')
-      array = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder('<'))
+      array = self._read_storage(str(key), storage_type.dtype, numel)
       if array.size != numel:
         raise TorchFileError(f'storage {key}: {array.size} elements, expected {numel}')
       self._storages[key] = array.astype(storage_type.dtype)
     return self._storages[key]
 
 
-def load_pth(path: str | pathlib.Path) -> Any:
-  """Loads a torch.save zip archive; tensors become NumPy arrays."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'no checkpoint file at {path}')
-  if not zipfile.is_zipfile(path):
-    raise TorchFileError(
-        f'{path} is not a zip-serialised torch checkpoint (torch >= 1.6). Files saved with '
-        '_use_new_zipfile_serialization=False are not supported: re-save them with a recent '
-        'torch (torch.save(torch.load(f), f)).')
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+def _load_zip(path: pathlib.Path) -> Any:
   with zipfile.ZipFile(path) as archive:
     pickles = [n for n in archive.namelist() if n.endswith('data.pkl') and n.count('/') == 1]
     if len(pickles) != 1:
@@ -142,8 +138,65 @@ def load_pth(path: str | pathlib.Path) -> Any:
     byteorder = f'{prefix}byteorder'
     if byteorder in archive.namelist() and archive.read(byteorder).strip() != b'little':
       raise TorchFileError(f'{path}: big-endian checkpoints are not supported')
-    data = io.BytesIO(archive.read(pickles[0]))
-    try:
-      return _Unpickler(data, archive, prefix).load()
-    except (pickle.UnpicklingError, EOFError, KeyError) as e:
-      raise TorchFileError(f'{path}: corrupt checkpoint ({e})') from e
+
+    def read_storage(key, dtype, numel):
+      del numel  # checked by the unpickler
+      return np.frombuffer(archive.read(f'{prefix}data/{key}'), dtype=dtype.newbyteorder('<'))
+
+    return _Unpickler(io.BytesIO(archive.read(pickles[0])), read_storage).load()
+
+
+def _load_legacy(path: pathlib.Path, f) -> Any:
+  """The pre-1.6 stream: magic, protocol, sys_info, the object, its storage keys, then each
+  storage as a little-endian int64 element count and the raw elements, in key order.
+
+  Tensors are rebuilt while the object is unpickled, before the storages that follow it
+  can be read; so a first pass records the storages' dtypes and the second builds tensors.
+  """
+  header = _Unpickler(f, None)
+  magic = header.load()
+  if magic != _LEGACY_MAGIC:
+    raise TorchFileError(f'{path}: not a torch checkpoint (zip-serialised or legacy)')
+  header.load(), header.load()  # protocol version, sys_info
+  start = f.tell()
+  seen: dict[str, tuple[np.dtype, int]] = {}
+
+  def record(key, dtype, numel):
+    seen[key] = (dtype, numel)
+    return np.zeros(numel, dtype)
+
+  _Unpickler(f, record).load()
+  keys = _Unpickler(f, None).load()
+  if not isinstance(keys, list) or set(keys) != set(seen):
+    raise TorchFileError(f'{path}: storage key list does not match the tensors (truncated file?)')
+  data = {}
+  for key in keys:
+    count = f.read(8)
+    dtype, numel = seen[key]
+    if len(count) < 8 or int.from_bytes(count, 'little') != numel:
+      raise TorchFileError(f'{path}: storage {key} is truncated or has the wrong size')
+    raw = f.read(numel * dtype.itemsize)
+    if len(raw) != numel * dtype.itemsize:
+      raise TorchFileError(f'{path}: storage {key} is truncated; download the file again')
+    data[key] = np.frombuffer(raw, dtype=dtype.newbyteorder('<'))
+  f.seek(start)
+  return _Unpickler(f, lambda key, dtype, numel: data[key]).load()
+
+
+def load_pth(path: str | pathlib.Path) -> Any:
+  """Loads a torch.save file (zip archive or legacy stream); tensors become NumPy arrays."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'no checkpoint file at {path}')
+  try:
+    if zipfile.is_zipfile(path):
+      return _load_zip(path)
+    with open(path, 'rb') as f:
+      return _load_legacy(path, f)
+  except (pickle.UnpicklingError, EOFError, KeyError, ValueError, IndexError,
+          TypeError) as e:
+    if isinstance(e, TorchFileError):
+      raise
+    raise TorchFileError(
+        f'{path}: not a zip-serialised (torch >= 1.6) or legacy torch checkpoint, or a '
+        f'corrupt one ({type(e).__name__}: {e}); download it again') from e

@@ -1,21 +1,27 @@
-r"""Computes the project's audio experts for a folder of audio files.
+r"""Computes audio experts for a folder of audio files and writes the release layout.
 
-  python -m jaxretrieval.features --audio-dir DIR --out OUT \
-      [--captions captions.csv --word-vectors VECTORS]
+  python -m jaxretrieval.features --audio_dir DIR --out OUT \
+      [--experts vggish,vggsound --vggish_checkpoint vggish_model.ckpt \
+       --vggish_pca vggish_pca_params.npz --vggsound_checkpoint H.pth.tar] \
+      [--captions captions.csv --word_vectors VECTORS]
 
-Writes OUT in the release layout (see `release_writer`): every readable file is in
-`all_list.txt`; with captions (CSV columns `file,caption[,split]`, one row per caption,
-`file` relative to DIR) the captioned files also form `train/val/test` lists, from the
-`split` column or a seeded split. Unreadable files are reported by name (also in
-OUT/failed_files.txt) and the rest are processed.
+Experts: `logmel`, `spectral` (this project's, the default) and the paper's `vggish` and
+`vggsound` (published weights, see `vggish.py`, `vggsound.py`), under the names the released
+models' configs use. Every readable file is in `all_list.txt`; with captions (CSV columns
+`file,caption[,split]`, one row per caption, `file` relative to DIR) the captioned files also
+form `train/val/test` lists, from the `split` column or a seeded split. Unreadable files are
+reported by name (also in OUT/failed_files.txt) and the rest are processed. OUT is written
+in a temporary folder beside it and renamed into place when complete.
 """
 
 import collections
 import concurrent.futures
-import multiprocessing
 import csv
+import io
+import multiprocessing
 import os
 import pathlib
+import shutil
 import sys
 import time
 
@@ -23,39 +29,78 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from jaxretrieval.features import experts as own_experts
+from jaxretrieval.features import pretrained
 from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
-from jaxretrieval.features.experts import extract_file
-from jaxretrieval.features.release_writer import Item, write_release
+from jaxretrieval.features.release_writer import Item, item_id, replace_folder, write_release
 from jaxretrieval.text import WordVectors
+
+ALL_EXPERTS = {**own_experts.DIMS, **pretrained.PRETRAINED}
 
 _AUDIO_DIR = flags.DEFINE_string('audio_dir', None, 'folder of wav/flac/ogg files', required=True)
 _OUT = flags.DEFINE_string('out', None, 'output folder (release layout)', required=True)
+_EXPERTS = flags.DEFINE_list('experts', ['logmel', 'spectral'],
+                             f'experts to compute, from {sorted(ALL_EXPERTS)}')
+_VGGISH = flags.DEFINE_string('vggish_checkpoint', None,
+                              'vggish_model.ckpt (TensorFlow) or torchvggish .pth')
+_VGGISH_PCA = flags.DEFINE_string('vggish_pca', None,
+                                  'vggish_pca_params.npz (or torchvggish\'s PCA .pth)')
+_VGGISH_OUTPUT = flags.DEFINE_enum('vggish_output', 'postprocessed', ['postprocessed', 'embedding'],
+                                   'PCA + 8-bit quantised (official release format) or raw')
+_VGGISH_FLAVOUR = flags.DEFINE_enum('vggish_flavour', 'tensorflow', ['tensorflow', 'torchvggish'],
+                                    'official TF behaviour, or torchvggish (ReLU, rounding)')
+_VGGSOUND = flags.DEFINE_string('vggsound_checkpoint', None, 'VGGSound model H (H.pth.tar)')
+_VGGSOUND_POOL = flags.DEFINE_enum('vggsound_pool', 'mean', ['mean', 'max'],
+                                   'pooling of the last conv map over frequency')
+_VGGSOUND_MAX = flags.DEFINE_float('vggsound_max_seconds', 0.0,
+                                   'cut clips to this length for VGGSound (0: whole clip)')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'network compute dtype')
 _CAPTIONS = flags.DEFINE_string('captions', None, 'CSV with columns file,caption[,split]')
 _WORD_VECTORS = flags.DEFINE_string('word_vectors', None, 'word vectors for the captions: '
                                     'word2vec .bin/.txt or a word_vectors.pkl table')
 _VAL = flags.DEFINE_float('val_fraction', 0.1, 'without a split column: share of val items')
 _TEST = flags.DEFINE_float('test_fraction', 0.1, 'without a split column: share of test items')
 _SEED = flags.DEFINE_integer('seed', 0, 'seed of the split')
-_WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'extraction processes')
+_WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'decoding processes')
+_CHUNK = flags.DEFINE_integer('chunk', 64, 'files decoded between two network passes')
 
 SPLITS = ('train', 'val', 'test')
 
 
+def one_line(text: str) -> str:
+  """`text` with control characters and undecodable bytes escaped: safe in a line-based log."""
+  return ''.join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _decode_csv(path: pathlib.Path) -> str:
+  raw = path.read_bytes()
+  try:
+    return raw.decode('utf-8-sig')  # spreadsheets prepend a byte-order mark
+  except UnicodeDecodeError as e:
+    line = raw[:e.start].count(b'\n') + 1
+    raise ValueError(f'{path}:{line}: byte 0x{raw[e.start]:02x} is not UTF-8; save the CSV as '
+                     'UTF-8') from None
+
+
 def read_captions(path: pathlib.Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-  """file -> captions, and file -> split where the CSV gives one."""
+  """item id -> captions, and item id -> split where the CSV gives one."""
   captions, splits = collections.defaultdict(list), {}
-  with open(path, newline='', encoding='utf-8') as f:
-    reader = csv.DictReader(f)
-    missing = {'file', 'caption'} - set(reader.fieldnames or ())
-    if missing:
-      raise ValueError(f'{path}: missing column(s) {sorted(missing)}; expected file,caption[,split]')
-    for line, row in enumerate(reader, start=2):
-      captions[row['file']].append(row['caption'])
-      split = (row.get('split') or '').strip()
-      if split:
-        if split not in SPLITS:
-          raise ValueError(f'{path}:{line}: split {split!r} not in {SPLITS}')
-        splits[row['file']] = split
+  reader = csv.DictReader(io.StringIO(_decode_csv(path), newline=''))
+  missing = {'file', 'caption'} - set(reader.fieldnames or ())
+  if missing:
+    raise ValueError(f'{path}: missing column(s) {sorted(missing)} in the header '
+                     f'{reader.fieldnames}; expected file,caption[,split]')
+  for row in reader:
+    line = reader.line_num
+    if row['file'] is None or row['caption'] is None or None in row:
+      raise ValueError(f'{path}:{line}: expected the header\'s {len(reader.fieldnames)} fields')
+    item = item_id(row['file'])
+    captions[item].append(row['caption'])
+    split = (row.get('split') or '').strip()
+    if split:
+      if split not in SPLITS:
+        raise ValueError(f'{path}:{line}: split {split!r} not in {SPLITS}')
+      splits[item] = split
   return dict(captions), splits
 
 
@@ -71,37 +116,93 @@ def assign_splits(ids: list[str], given: dict[str, str], val: float, test: float
   return {s: [ids[i] for i in sorted(picked[s])] for s in SPLITS}
 
 
+def list_audio(audio_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Audio files under `audio_dir`, sorted; folders with an audio suffix are reported."""
+  files = []
+  for p in sorted(audio_dir.rglob('*')):
+    if p.suffix.lower() in AUDIO_SUFFIXES:
+      if p.is_file():
+        files.append(p)
+      else:
+        print(f'skipping {one_line(str(p))}: not a file', file=sys.stderr)
+  return files
+
+
+def extract_all(files, ids, experts, options, runners, captions, workers, chunk):
+  """Items for the readable files and (id, reason) for the others, with progress."""
+  items, failed, start, clips = [], [], time.time(), 0
+  with concurrent.futures.ProcessPoolExecutor(
+      max(1, workers), mp_context=multiprocessing.get_context('spawn')) as pool:
+    for first in range(0, len(files), chunk):
+      paths, names = files[first:first + chunk], ids[first:first + chunk]
+      results = list(pool.map(pretrained.prepare_file, paths, [experts] * len(paths),
+                              [options] * len(paths)))
+      ok = [k for k, (_, error) in enumerate(results) if error is None]
+      for k, (_, error) in enumerate(results):
+        if error is not None:
+          reason = one_line(error.replace(str(paths[k]), names[k]))
+          failed.append((names[k], reason))
+          print(f'cannot read {reason}', file=sys.stderr)
+      computed = {e: run([results[k][0][e] for k in ok]) for e, run in runners.items()}
+      for j, k in enumerate(ok):
+        features = {e: v for e, v in results[k][0].items() if e in own_experts.DIMS}
+        for e in runners:
+          if computed[e][j] is not None:  # None: too short for this expert (stays missing)
+            features[e] = computed[e][j]
+        items.append(Item(names[k], features, captions.get(names[k], []), paths[k]))
+      clips += len(ok)
+      done, elapsed = first + len(paths), time.time() - start
+      print(f'{done}/{len(files)} files, {clips / elapsed:.1f} clips/s, '
+            f'ETA {(len(files) - done) * elapsed / done:.0f} s', flush=True)
+  return items, failed
+
+
+def check_out(out: pathlib.Path, audio_dir: pathlib.Path) -> None:
+  """Refuses an OUT that would replace the audio or an unrelated folder."""
+  if audio_dir.resolve().is_relative_to(out.resolve()):
+    sys.exit(f'--out={out} holds the audio folder {audio_dir}; choose another output folder')
+  if out.exists() and any(out.iterdir()) and not (out / 'audio_files.json').is_file():
+    sys.exit(f'--out={out} is a non-empty folder not written by this tool; choose a new '
+             'or empty one')
+
+
 def main(argv):
   del argv
   audio_dir, out = pathlib.Path(_AUDIO_DIR.value), pathlib.Path(_OUT.value)
-  files = sorted(p for p in audio_dir.rglob('*') if p.suffix.lower() in AUDIO_SUFFIXES)
+  experts = tuple(dict.fromkeys(_EXPERTS.value))
+  unknown = [e for e in experts if e not in ALL_EXPERTS]
+  if unknown or not experts:
+    sys.exit(f'--experts: unknown {unknown}; expected some of {sorted(ALL_EXPERTS)}')
+  check_out(out, audio_dir)
+  files = list_audio(audio_dir)
   if not files:
     sys.exit(f'no {"/".join(AUDIO_SUFFIXES)} files under {audio_dir}')
-  captions, given = ({}, {}) if _CAPTIONS.value is None else read_captions(
-      pathlib.Path(_CAPTIONS.value))
+  try:
+    captions, given = ({}, {}) if _CAPTIONS.value is None else read_captions(
+        pathlib.Path(_CAPTIONS.value))
+  except (ValueError, OSError) as e:
+    sys.exit(one_line(str(e)))
   words = None
   if captions:
     if _WORD_VECTORS.value is None:
-      sys.exit('--captions needs --word-vectors (word2vec .bin/.txt, or word_vectors.pkl)')
+      sys.exit('--captions needs --word_vectors (word2vec .bin/.txt, or word_vectors.pkl)')
     words = WordVectors.load(_WORD_VECTORS.value)
-  ids = [p.relative_to(audio_dir).as_posix() for p in files]
-  unknown = sorted(set(captions) - set(ids))
-  if unknown:
-    print(f'captions name {len(unknown)} file(s) not found under {audio_dir}: '
-          f'{", ".join(unknown[:10])}', file=sys.stderr)
-  items, failed, start = [], [], time.time()
-  with concurrent.futures.ProcessPoolExecutor(
-      max(1, _WORKERS.value), mp_context=multiprocessing.get_context('spawn')) as pool:
-    for k, (item, path, (experts, error)) in enumerate(
-        zip(ids, files, pool.map(extract_file, files, chunksize=8)), start=1):
-      if error is not None:
-        failed.append(f'{item}\t{error}')
-        print(f'cannot read {item}: {error}', file=sys.stderr)
-      else:
-        items.append(Item(item, experts, captions.get(item, []), path))
-      if k % 500 == 0 or k == len(files):
-        rate = k / (time.time() - start)
-        print(f'{k}/{len(files)} files, {rate:.0f} files/s, ETA {(len(files) - k) / rate:.0f} s')
+  options = pretrained.Options(
+      vggish_output=_VGGISH_OUTPUT.value, vggish_flavour=_VGGISH_FLAVOUR.value,
+      vggsound_pool=_VGGSOUND_POOL.value, vggsound_max_seconds=_VGGSOUND_MAX.value or None,
+      dtype=_DTYPE.value)
+  try:
+    runners = pretrained.load_runners(experts, options, _VGGISH.value, _VGGISH_PCA.value,
+                                      _VGGSOUND.value)
+  except ValueError as e:
+    sys.exit(one_line(str(e)))
+  ids = [item_id(str(p.relative_to(audio_dir).as_posix())) for p in files]
+  unmatched = sorted(set(captions) - set(ids))
+  if unmatched:
+    print(f'captions name {len(unmatched)} file(s) not found under {audio_dir}: '
+          f'{", ".join(unmatched[:10])}', file=sys.stderr)
+  items, failed = extract_all(files, ids, experts, options, runners, captions,
+                              _WORKERS.value, max(1, _CHUNK.value))
   if not items:
     sys.exit(f'none of the {len(files)} files could be read')
   kept = [it.id for it in items]
@@ -109,11 +210,21 @@ def main(argv):
   if captions:
     splits.update(assign_splits([i for i in kept if i in captions], given, _VAL.value,
                                 _TEST.value, _SEED.value))
-  write_release(out, items, splits, words)
-  (out / 'failed_files.txt').write_text(''.join(f'{f}\n' for f in failed))
+  out.parent.mkdir(parents=True, exist_ok=True)
+  built = out.with_name(f'.{out.name}.tmp-{os.getpid()}')
+  try:
+    write_release(built, items, splits, words, {e: ALL_EXPERTS[e] for e in experts})
+    (built / 'failed_files.txt').write_text(''.join(f'{i}\t{r}\n' for i, r in failed),
+                                            encoding='utf-8')
+    replace_folder(built, out)
+  finally:
+    if built.exists():
+      shutil.rmtree(built)
+  missing = {e: sum(e not in it.experts for it in items) for e in experts}
   print(f'wrote {len(items)} items to {out} ({len(failed)} unreadable, listed in '
         f'{out / "failed_files.txt"}); splits: '
-        + ', '.join(f'{s} {len(v)}' for s, v in splits.items()))
+        + ', '.join(f'{s} {len(v)}' for s, v in splits.items())
+        + ''.join(f'; {n} too short for {e}' for e, n in missing.items() if n))
 
 
 if __name__ == '__main__':

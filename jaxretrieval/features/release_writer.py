@@ -3,7 +3,12 @@
 Layout (a structured-symlinks folder): `<split>_list.txt`, `aggregated_<expert>/<expert>-raw.pkl`
 (id -> `[T, D]`), `structured-symlinks/raw-captions.pkl` (id -> list of token lists),
 `text_embeddings/w2v.pkl` (id -> list of `[tokens, 300]`), `audio_files.json` (id -> audio
-file, relative to the folder when inside it) and `word_vectors.pkl` (the table used).
+file, relative to the folder when inside it), `experts.json` (expert -> width and whether
+items may lack it) and `word_vectors.pkl` (the table used).
+
+Item ids are the files' paths relative to the audio folder, escaped (`item_id`) so that the
+line-based split lists round-trip any file name: `%`, characters that are not printable
+(newlines, bytes of non-UTF-8 names) and leading/trailing white space become `%XX` bytes.
 """
 
 import dataclasses
@@ -11,10 +16,32 @@ import json
 import os
 import pathlib
 import pickle
+import shutil
+import urllib.parse
 
 import numpy as np
 
+from jaxretrieval.data.releases import ExpertFile, Release, computed_release
 from jaxretrieval.text import WordVectors, tokenize
+
+MANIFEST = 'experts.json'
+
+
+def item_id(relative: str) -> str:
+  """An id safe in a line-based list for a relative path (inverse: `relative_path`)."""
+  out = []
+  for k, c in enumerate(relative):
+    edge = c.isspace() and (k == 0 or k == len(relative) - 1)
+    if c == '%' or edge or not c.isprintable():
+      out.append(''.join(f'%{b:02X}' for b in os.fsencode(c)))
+    else:
+      out.append(c)
+  return ''.join(out)
+
+
+def relative_path(item: str) -> str:
+  """The relative path (as `os.fsdecode` spells it) an `item_id` stands for."""
+  return os.fsdecode(urllib.parse.unquote_to_bytes(item))
 
 
 @dataclasses.dataclass
@@ -44,14 +71,27 @@ def caption_vectors(captions: list[str], words: WordVectors) -> list[np.ndarray]
 
 
 def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[str]],
-                  words: WordVectors | None) -> None:
-  """Writes every file of the layout; captions need `words`."""
+                  words: WordVectors | None, experts: dict[str, int] | None = None) -> None:
+  """Writes every file of the layout; captions need `words`.
+
+  `experts` (name -> width; default: those of the first item) may include experts that some
+  items lack (`Item.experts` without the key): those are marked as possibly missing.
+  """
   root.mkdir(parents=True, exist_ok=True)
+  if experts is None:
+    experts = {e: a.shape[-1] for e, a in (items[0].experts.items() if items else ())}
   for split, ids in splits.items():
-    (root / f'{split}_list.txt').write_text(''.join(f'{i}\n' for i in ids))
-  for expert in items[0].experts if items else ():
+    bad = [i for i in ids if i != item_id(i) and i != item_id(relative_path(i))]
+    if bad:
+      raise ValueError(f'id {bad[0]!r} would not survive a line-based list; use item_id()')
+    (root / f'{split}_list.txt').write_text(''.join(f'{i}\n' for i in ids), encoding='utf-8')
+  manifest = {}
+  for expert, dim in experts.items():
     _dump(root / f'aggregated_{expert}' / f'{expert}-raw.pkl',
-          {it.id: it.experts[expert] for it in items})
+          {it.id: it.experts[expert] for it in items if expert in it.experts})
+    manifest[expert] = {'dim': int(dim),
+                        'may_be_missing': any(expert not in it.experts for it in items)}
+  (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
   captioned = [it for it in items if it.captions]
   if captioned:
     if words is None:
@@ -69,3 +109,30 @@ def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[
       inside = path.is_relative_to(root.absolute())
       audio[it.id] = os.path.relpath(path, root.absolute()) if inside else str(path)
   (root / 'audio_files.json').write_text(json.dumps(audio, indent=0))
+
+
+def folder_release(root: pathlib.Path, splits, default_dims: dict[str, int]) -> Release:
+  """The `Release` of a folder written here: its experts from `experts.json` (folders written
+  before the manifest existed hold `default_dims`)."""
+  manifest = root / MANIFEST
+  if not manifest.is_file():
+    return computed_release('custom', splits, default_dims)
+  try:
+    experts = json.loads(manifest.read_text())
+    files = tuple(ExpertFile(e, f'aggregated_{e}/{e}-raw.pkl', int(v['dim']),
+                             flaky=bool(v['may_be_missing'])) for e, v in experts.items())
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f'{manifest}: unreadable ({type(e).__name__}: {e}); run '
+                     '`python -m jaxretrieval.features` again') from e
+  return dataclasses.replace(computed_release('custom', splits, {}), experts=files)
+
+
+def replace_folder(built: pathlib.Path, out: pathlib.Path) -> None:
+  """Moves a finished `built` folder to `out` (same file system), replacing an earlier output,
+  so that `out` is never half-written."""
+  old = out.with_name(f'.{out.name}.old-{os.getpid()}')
+  if out.exists():
+    out.rename(old)
+  built.rename(out)
+  if old.exists():
+    shutil.rmtree(old)

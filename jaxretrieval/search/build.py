@@ -13,10 +13,11 @@ import tensorflow_datasets as tfds
 
 from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
-from jaxretrieval.data.releases import ReleaseReader, computed_release
+from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.evaluation import Embedder
 from jaxretrieval.experts import model_spec
 from jaxretrieval.features.experts import DIMS
+from jaxretrieval.features.release_writer import folder_release
 from jaxretrieval.models import RetrievalModel
 from jaxretrieval.search.store import IndexStore
 from jaxretrieval.text import WordVectors
@@ -46,7 +47,7 @@ def _folder_examples(folder: pathlib.Path, split: str | None):
   splits = sorted(p.name[:-len('_list.txt')] for p in folder.glob('*_list.txt'))
   split = split or ('all' if 'all' in splits else None)
   chosen = [split] if split else splits
-  reader = ReleaseReader('custom', folder, computed_release('custom', splits, DIMS))
+  reader = ReleaseReader('custom', folder, folder_release(folder, splits, DIMS))
   for s in chosen:
     yield from reader.audio_examples(s)
 
