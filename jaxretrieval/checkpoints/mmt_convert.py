@@ -10,20 +10,30 @@ http://www.robots.ox.ac.uk/~vgg/research/collaborative-experts/data/models/audio
 """
 
 import dataclasses
+import json
+import pathlib
 import re
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
 
+from configs import mmt_audiocaps
+from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import bert_convert
+from jaxretrieval.checkpoints.convert import ReferenceCheckpoint
 from jaxretrieval.checkpoints.bert_convert import BertCheckpointError
 from jaxretrieval.models.bert import BERT_BASE_CASED, BertConfig
-from jaxretrieval.models.mmt import MMTExpert, MMTSpec, TOKEN_TYPES, abstract_variables
+from jaxretrieval.models.mmt import (MMTExpert, MMTSpec, TOKEN_TYPES, abstract_variables,
+                                     mmt_spec)
 
 # The only configuration ported (AudioCaps_mmt.json, Clotho_mmt.json); see models/mmt.py.
 SUPPORTED_FLAGS = dict(txt_inp='bertftn', txt_agg='bertftn', txt_pro='gbn', txt_wgh='emb',
                        vid_wgh='none', vid_cont='bert', vid_inp='both', pos_enc='tint',
                        out_tok='mxp')
+# Dataset name of the original configs -> ours.
+DATASETS = {'AudioCaps': 'audiocaps', 'Clotho': 'clotho'}
 _BN_BUFFERS = {'running_mean': 'mean', 'running_var': 'var'}
 
 
@@ -80,7 +90,7 @@ def spec_from_config(config: dict, state_dict: dict[str, np.ndarray]) -> MMTSpec
 
 
 def _text_bert_shape(state_dict: dict[str, np.ndarray]) -> BertConfig:
-  """bert-base-cased, with sizes read from the tensors (a checkpoint of another BERT fits)."""
+  """The text BERT (bert-base-cased in the original), its sizes read from the tensors."""
   try:
     vocab, hidden = state_dict['txt_bert.embeddings.word_embeddings.weight'].shape
     positions = state_dict['txt_bert.embeddings.position_embeddings.weight'].shape[0]
@@ -90,7 +100,8 @@ def _text_bert_shape(state_dict: dict[str, np.ndarray]) -> BertConfig:
     raise BertCheckpointError(f'state_dict has no {e} (the text BERT)') from e
   layers = 1 + max(int(m.group(1)) for k in state_dict
                    if (m := re.match(r'txt_bert\.encoder\.layer\.(\d+)\.', k)))
-  heads = BERT_BASE_CASED.num_heads if hidden == BERT_BASE_CASED.hidden_size else hidden // 64
+  # Head count is not in the tensors: every released BERT uses 64-wide heads (base: 12).
+  heads = hidden // 64
   return dataclasses.replace(BERT_BASE_CASED, vocab_size=int(vocab), hidden_size=int(hidden),
                              num_layers=layers, num_heads=heads, intermediate_size=int(inter),
                              max_positions=int(positions), type_vocab_size=int(types))
@@ -137,3 +148,60 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], spec: MMTSpec) -> dict
                          f'state_dict key {key!r}')
   bert_convert.check_complete(flat, expected, 'the MMT state_dict')
   return bert_convert.nest(flat)
+
+
+def config_from_reference(ref: dict, spec: MMTSpec) -> ml_collections.ConfigDict:
+  """The jaxretrieval MMT config of an original run: its recipe, with the original protocol."""
+  try:
+    mix = ref['train_sets'][0]['args']['mix'][0]
+  except (KeyError, IndexError, TypeError) as e:
+    raise BertCheckpointError(f'MMT config lacks train_sets[0].args.mix[0] ({e!r})') from e
+  name = mix.get('dataset_name')
+  if name not in DATASETS:
+    raise BertCheckpointError(f'MMT dataset {name!r} is not supported: expected one of '
+                              f'{sorted(DATASETS)}')
+  # The published numbers come from the original protocol (fused queries, see the config).
+  c = mmt_audiocaps.experiment(DATASETS[name], 'protocol=original')
+  c.experts = spec.expert_names
+  c.max_tokens = ml_collections.ConfigDict(
+      {'text': int(mix['max_text_words']),
+       **{e: int(mix['max_expert_tokens']) for e in spec.expert_names}})
+  if mix.get('query_shuffling', 'cat') != 'cat':
+    raise BertCheckpointError(f'query_shuffling={mix["query_shuffling"]!r}: only "cat" is ported')
+  text, audio = spec.text_bert, spec.audio_bert
+  c.model.text_bert = ml_collections.ConfigDict({k: getattr(text, k) for k in c.model.text_bert})
+  c.model.update(same_dim=spec.same_dim, audio_layers=audio.num_layers,
+                 audio_heads=audio.num_heads, audio_intermediate=audio.intermediate_size,
+                 audio_max_positions=audio.max_positions, audio_type_vocab=audio.type_vocab_size,
+                 dropout=audio.hidden_dropout)
+  c.model.keep_missing_modalities = spec.keep_missing_modalities
+  c.batch_size = int(ref['train_sets'][0]['args'].get('batch_size', c.batch_size))
+  c.optimizer.learning_rate = float(ref.get('optimizer', {}).get('args', {}).get(
+      'lr', c.optimizer.learning_rate))
+  c.loss.margin = float(ref.get('loss', {}).get('args', {}).get('margin', c.loss.margin))
+  c.num_epochs = int(ref.get('trainer', {}).get('epochs', c.num_epochs))
+  return c
+
+
+def import_checkpoint(ref: ReferenceCheckpoint, checkpoint: str, out: str,
+                      data_dir: str = '') -> dict:
+  """Writes a workdir (config.json, reference_config.json, best checkpoint); returns its meta."""
+  spec = spec_from_config(ref.config, ref.state_dict)
+  variables = convert_state_dict(ref.state_dict, spec)
+  config = config_from_reference(ref.config, spec)
+  config.data_dir = data_dir
+  if mmt_spec(config, {e.name: e.dim for e in spec.experts}) != spec:
+    raise BertCheckpointError('the original config describes an MMT that this project\'s '
+                              'config cannot rebuild (different dropout rates in its parts)')
+  out_dir = pathlib.Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  (out_dir / 'reference_config.json').write_text(json.dumps(ref.config, indent=2, default=str))
+  epoch = ref.epoch or 0
+  meta = {'epoch': epoch, 'step': 0, 'source': str(pathlib.Path(checkpoint).absolute()),
+          'val_t2a_geometric_mean': None, 'variant': 'mmt',
+          'experts': list(spec.expert_names),
+          'num_parameters': int(sum(a.size for a in jax.tree.leaves(variables['params']))),
+          'optimizer_format': None}
+  checkpointing.save(checkpointing.manager(out_dir, 'best'), epoch, variables, meta)
+  return meta

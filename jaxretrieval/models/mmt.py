@@ -117,6 +117,24 @@ def mmt_experts(dims: dict[str, int]) -> tuple[MMTExpert, ...]:
   return tuple(experts)
 
 
+def mmt_spec(config, dims: dict[str, int]) -> MMTSpec:
+  """The MMTSpec of an experiment config (`configs/mmt_*.py`); `dims`: expert -> width."""
+  m = config.model
+  missing = [e for e in config.experts if e not in dims]
+  if missing:
+    raise ValueError(f'experts {missing} of config.experts are not in the dataset (it has '
+                     f'{sorted(dims)})')
+  drop = dict(hidden_dropout=m.dropout, attention_dropout=m.dropout)
+  audio = BertConfig(vocab_size=None, hidden_size=m.same_dim, num_layers=m.audio_layers,
+                     num_heads=m.audio_heads, intermediate_size=m.audio_intermediate,
+                     max_positions=m.audio_max_positions,
+                     type_vocab_size=m.audio_type_vocab, **drop)
+  return MMTSpec(mmt_experts({e: dims[e] for e in config.experts}),
+                 text_bert=BertConfig(**m.text_bert.to_dict(), **drop), audio_bert=audio,
+                 same_dim=m.same_dim, weight_dropout=m.dropout,
+                 keep_missing_modalities=m.keep_missing_modalities)
+
+
 class MMT(nn.Module):
   """Text tower (BERT) and audio tower (transformer over expert tokens) of MMT.
 

@@ -15,7 +15,8 @@ from tests.models import mmt_torch_reference as ref
 
 VOCAB, SAME_DIM, MAX_FRAMES = 30, 64, 5
 EXPERT_DIMS = {'vggish': 6, 'vggsound': 10}
-TXT = ref.tiny_bert_config(VOCAB, type_vocab_size=2)
+# One 64-wide head: the head width of every BERT, which the importer relies on.
+TXT = ref.tiny_bert_config(VOCAB, type_vocab_size=2, num_attention_heads=1)
 VID = ref.tiny_bert_config(None, max_position_embeddings=8)  # small: positions get clamped
 
 
