@@ -28,6 +28,8 @@ _LAYER_MODULES = {
     'output.dense': 'output', 'output.LayerNorm': 'output_LayerNorm',
 }
 _EMBEDDINGS = ('word_embeddings', 'position_embeddings', 'token_type_embeddings')
+# Weight files of a Hugging Face model folder, in order of preference.
+WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 
 
 class BertCheckpointError(ValueError):
@@ -184,3 +186,14 @@ def load_pretrained(path: str | pathlib.Path, config: BertConfig) -> dict[str, A
     logging.info('%s: dropped %d pre-training head tensors (cls.*), not part of the encoder',
                  path, len(heads))
   return params_from_state_dict(encoder, config, str(path))
+
+
+def weights_in(bert_dir: str | pathlib.Path) -> pathlib.Path:
+  """The weight file of a Hugging Face BERT folder (model.safetensors or pytorch_model.bin)."""
+  folder = pathlib.Path(bert_dir).expanduser()
+  for name in WEIGHT_FILES:
+    if (folder / name).is_file():
+      return folder / name
+  raise FileNotFoundError(f'{folder} holds neither {" nor ".join(WEIGHT_FILES)}: download '
+                          'bert-base-cased\'s model.safetensors and vocab.txt into it (see the '
+                          'README, "MMT") and pass it as --config.model.bert_dir')

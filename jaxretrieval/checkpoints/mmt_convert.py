@@ -150,6 +150,16 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], spec: MMTSpec) -> dict
   return bert_convert.nest(flat)
 
 
+def with_pretrained_text(variables: dict, bert_dir: str | pathlib.Path, spec: MMTSpec) -> dict:
+  """`variables` with the text tower replaced by the pre-trained BERT of `bert_dir`.
+
+  The original starts training from `bert-base-cased` (`txt_inp = bertftn`); the rest of the
+  model keeps its random initialisation.
+  """
+  text = bert_convert.load_pretrained(bert_convert.weights_in(bert_dir), spec.text_bert)
+  return {**variables, 'params': {**variables['params'], 'txt_bert': text}}
+
+
 def config_from_reference(ref: dict, spec: MMTSpec) -> ml_collections.ConfigDict:
   """The jaxretrieval MMT config of an original run: its recipe, with the original protocol."""
   try:

@@ -3,6 +3,7 @@
 import copy
 import json
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -118,3 +119,21 @@ def test_unsupported_dataset_is_refused(reference):
   spec = mmt_convert.spec_from_config(config, state_dict)
   with pytest.raises(BertCheckpointError, match="'SoundDescs'"):
     mmt_convert.config_from_reference(config, spec)
+
+
+def test_training_starts_from_the_pretrained_text_bert(tmp_path, reference):
+  _, state_dict = reference
+  spec = test_mmt.tiny_spec()
+  with pytest.raises(FileNotFoundError, match='model.safetensors nor pytorch_model.bin'):
+    mmt_convert.with_pretrained_text({}, tmp_path, spec)
+  # A Hugging Face folder holding the reference's text BERT (with HF's `bert.` prefix).
+  text = {f'bert.{k[len("txt_bert."):]}': torch.as_tensor(v) for k, v in state_dict.items()
+          if k.startswith('txt_bert.')}
+  torch.save(text, tmp_path / 'pytorch_model.bin')
+  random = jax.jit(lambda key: mmt.MMT(spec).init(key, mmt.dummy_batch(spec), False))(
+      jax.random.key(0))
+  started = mmt_convert.with_pretrained_text(random, tmp_path, spec)
+  want = _convert(state_dict)['params']['txt_bert']
+  jax.tree.map(np.testing.assert_array_equal, started['params']['txt_bert'], want)
+  jax.tree.map(np.testing.assert_array_equal, started['params']['vid_bert'],
+               random['params']['vid_bert'])
