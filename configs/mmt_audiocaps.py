@@ -1,4 +1,4 @@
-"""MMT (VGGish + VGGSound) on AudioCaps, the recipe of the original `mmt/configs/AudioCaps_mmt.json`.
+"""MMT (VGGish + VGGSound) on AudioCaps: the original recipe, `mmt/configs/AudioCaps_mmt.json`.
 
 Paper (benchmark README, original protocol): t2a R@1 36.1, R@10 84.5, 127.08M parameters.
 

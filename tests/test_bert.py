@@ -1,5 +1,6 @@
 """Flax BERT against a torch BERT, Hugging Face checkpoint reading, and BERT tokens."""
 
+import jax
 import numpy as np
 import pytest
 from safetensors import numpy as safetensors_numpy
@@ -101,7 +102,6 @@ def test_dropout_is_active_in_training_only():
       {k: v.numpy() for k, v in model.state_dict().items()}, config)
   inputs = _text_inputs(np.random.default_rng(0))
   bert = BertModel(config)
-  import jax  # pylint: disable=g-import-not-at-top
   run = lambda seed: bert.apply({'params': params}, *inputs, train=True,
                                 rngs={'dropout': jax.random.key(seed)})[0]
   assert not np.allclose(run(0), run(1))
@@ -201,3 +201,12 @@ def test_bad_vocabulary_is_refused(tmp_path):
   path.write_text('a\n[UNK]\n[CLS]\n[SEP]\n')
   with pytest.raises(ValueError, match=r"lacks \['\[PAD\]'\]"):
     BertTokens(path, 8)
+
+
+def test_unreadable_checkpoints_are_refused(tmp_path):
+  bad = tmp_path / 'model.safetensors'
+  bad.write_bytes(b'not a safetensors file')
+  with pytest.raises(bert_convert.BertCheckpointError, match='model.safetensors: not a readable'):
+    bert_convert.load_pretrained(bad, BertConfig())
+  with pytest.raises(FileNotFoundError, match='bert-base-cased'):
+    bert_convert.load_pretrained(tmp_path / 'missing.safetensors', BertConfig())

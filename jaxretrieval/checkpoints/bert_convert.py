@@ -16,6 +16,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import numpy as safetensors_numpy
 
 from jaxretrieval.checkpoints.torch_pickle import load_pth
 from jaxretrieval.models.bert import BertConfig, BertModel
@@ -160,7 +161,6 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f'no BERT checkpoint at {path}: download model.safetensors of '
                             'bert-base-cased (see the README, "MMT")')
   if path.suffix == '.safetensors':
-    from safetensors import numpy as safetensors_numpy  # pylint: disable=g-import-not-at-top
     try:
       return dict(safetensors_numpy.load_file(str(path)))
     except Exception as e:  # safetensors raises its own SafetensorError
