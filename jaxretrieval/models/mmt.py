@@ -288,3 +288,31 @@ def expert_tokens(frames: np.ndarray | None, max_tokens: int, rng: np.random.Ran
   out['positions'][:keep] = np.floor(centres[pick] + FIRST_FRAME_POSITION).astype(np.int32)
   out['pooled'] = frames.max(axis=0)
   return out
+
+
+def audio_batch(items: list[dict[str, np.ndarray | None]], spec: MMTSpec,
+                max_tokens: dict[str, int], rng: np.random.RandomState | None,
+                frame_width: float = 1.0) -> dict[str, object]:
+  """The audio part of an MMT batch from items' raw expert frames.
+
+  Args:
+    items: per item, expert name -> `[T, D]` frames (None, absent or NaN when missing).
+    spec: the model's experts.
+    max_tokens: frames kept per expert (`config.max_tokens`).
+    rng: training subset draws (see `expert_tokens`); None at evaluation.
+    frame_width: seconds per frame.
+
+  Returns:
+    experts, expert_masks, expert_positions, pooled (expert -> stacked arrays) and
+    availability `[B, M]`, as `MMT` takes them.
+  """
+  out = {k: {} for k in ('experts', 'expert_masks', 'expert_positions', 'pooled')}
+  available = np.zeros((len(items), len(spec.experts)), np.float32)
+  for i, e in enumerate(spec.experts):
+    tokens = [expert_tokens(item.get(e.name), max_tokens[e.name], rng, e.dim, frame_width)
+              for item in items]
+    available[:, i] = [t['mask'].any() for t in tokens]
+    for ours, key in (('experts', 'frames'), ('expert_masks', 'mask'),
+                      ('expert_positions', 'positions'), ('pooled', 'pooled')):
+      out[ours][e.name] = np.stack([t[key] for t in tokens])
+  return {**out, 'availability': available}

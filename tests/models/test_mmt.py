@@ -161,6 +161,24 @@ def test_expert_tokens_follow_the_original_loader():
     mmt.expert_tokens(frames, 4, None, 3)
 
 
+def test_audio_batch_stacks_items_with_availability():
+  theirs, batch = make_inputs()
+  rng = np.random.default_rng(0)
+  # The items of make_inputs again, through audio_batch.
+  lengths = {'vggish': [3, 0, 5, 2, 4], 'vggsound': [2, 4, 1, 9, 5]}
+  items = [{} for _ in range(5)]
+  for m, d in EXPERT_DIMS.items():
+    for i in range(5):
+      raw = rng.normal(size=(lengths[m][i], d)).astype(np.float32)
+      if lengths[m][i]:
+        items[i][m] = raw
+  out = mmt.audio_batch(items, tiny_spec(), {'vggish': MAX_FRAMES, 'vggsound': MAX_FRAMES}, None)
+  np.testing.assert_array_equal(out['availability'], batch['availability'])
+  for key in ('experts', 'expert_masks', 'expert_positions', 'pooled'):
+    for m in EXPERT_DIMS:
+      np.testing.assert_array_equal(out[key][m], batch[key][m], err_msg=f'{key} {m}')
+
+
 def test_inputs_are_not_mutated_and_missing_inputs_are_ignored():
   spec = tiny_spec()
   variables = tiny_variables(spec)
