@@ -1,4 +1,4 @@
-r"""Converts a released reference checkpoint into a jaxretrieval workdir.
+r"""Converts a released reference checkpoint (CE, MoEE or MMT) into a jaxretrieval workdir.
 
   python -m jaxretrieval.import_torch --checkpoint trained_model.pth \
       [--config config.json] --out DIR
@@ -20,6 +20,7 @@ import ml_collections
 from configs import common
 from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
+from jaxretrieval.checkpoints import mmt_convert
 from jaxretrieval.experts import model_spec
 
 REFERENCE_DATASETS = {'AudioCaps': 'audiocaps', 'CLOTHO': 'clotho',
@@ -67,6 +68,8 @@ def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
                       data_dir: str = '') -> dict:
   """Writes the workdir; returns its meta record."""
   ref = convert.read_reference_checkpoint(checkpoint, config_json)
+  if mmt_convert.is_mmt_config(ref.config):
+    return mmt_convert.import_checkpoint(ref, checkpoint, out, data_dir)
   spec = convert.spec_from_reference(ref.config, ref.state_dict)
   variables = convert.convert_state_dict(ref.state_dict, spec)
   config = config_from_reference(ref.config, spec)
