@@ -32,7 +32,7 @@ _AUDIO_DIR = flags.DEFINE_string('audio_dir', None, 'folder of wav/flac/ogg file
 _OUT = flags.DEFINE_string('out', None, 'output folder (release layout)', required=True)
 _CAPTIONS = flags.DEFINE_string('captions', None, 'CSV with columns file,caption[,split]')
 _WORD_VECTORS = flags.DEFINE_string('word_vectors', None, 'word vectors for the captions: '
-                                    'word2vec .bin/.txt or a word_vectors.pkl table')
+                                    'word2vec .bin/.txt or a word_vectors.npz (or older .pkl) table')
 _VAL = flags.DEFINE_float('val_fraction', 0.1, 'without a split column: share of val items')
 _TEST = flags.DEFINE_float('test_fraction', 0.1, 'without a split column: share of test items')
 _SEED = flags.DEFINE_integer('seed', 0, 'seed of the split')
@@ -82,7 +82,7 @@ def main(argv):
   words = None
   if captions:
     if _WORD_VECTORS.value is None:
-      sys.exit('--captions needs --word-vectors (word2vec .bin/.txt, or word_vectors.pkl)')
+      sys.exit('--captions needs --word-vectors (word2vec .bin/.txt, or word_vectors.npz)')
     words = WordVectors.load(_WORD_VECTORS.value)
   ids = [p.relative_to(audio_dir).as_posix() for p in files]
   unknown = sorted(set(captions) - set(ids))

@@ -3,7 +3,7 @@
 Layout (a structured-symlinks folder): `<split>_list.txt`, `aggregated_<expert>/<expert>-raw.pkl`
 (id -> `[T, D]`), `structured-symlinks/raw-captions.pkl` (id -> list of token lists),
 `text_embeddings/w2v.pkl` (id -> list of `[tokens, 300]`), `audio_files.json` (id -> audio
-file, relative to the folder when inside it) and `word_vectors.pkl` (the table used).
+file, relative to the folder when inside it) and `word_vectors.npz` (the table used).
 """
 
 import dataclasses
@@ -61,7 +61,7 @@ def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[
     _dump(root / 'text_embeddings' / 'w2v.pkl',
           {it.id: caption_vectors(it.captions, words) for it in captioned})
   if words is not None:
-    words.save(root / 'word_vectors.pkl')
+    words.save(root / 'word_vectors.npz')
   audio = {}
   for it in items:
     if it.audio_file is not None:

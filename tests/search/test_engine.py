@@ -96,7 +96,7 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   subprocess.run([sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={tmp_path / "audio"}',
                   f'--out={tmp_path / "feats"}', '--workers=1'], check=True, capture_output=True)
   data_dir = pathlib.Path(json.loads((tiny_workdir / 'config.json').read_text())['data_dir'])
-  words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.pkl'))
+  words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.npz'))
   subprocess.run([sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
                   f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}',
                   f'--word_vectors={words}'], check=True, capture_output=True)
