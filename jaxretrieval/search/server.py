@@ -133,24 +133,20 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
     detail = f'no page {request.url.path[:80]}' if exc.status_code == 404 else exc.detail
     return JSONResponse({'error': detail}, exc.status_code, headers=exc.headers)
 
-  async def server_error(request: Request, exc: Exception) -> JSONResponse:
-    del request  # uvicorn logs the traceback: Starlette re-raises after this answer
-    return JSONResponse({'error': f'internal error ({type(exc).__name__}); see the server log'},
-                        500)
-
   middleware = [Middleware(RequestLog)]
   if check_host:
     middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS),
                                  www_redirect=False))
   return Starlette(
-      routes=[Route('/', page), Route('/api/search', search), Route('/audio/{row}', audio)],
+      routes=[Route('/', page), Route('/api/search', search), Route('/audio/{row:path}', audio)],
       middleware=middleware,
       exception_handlers={BadRequest: bad_request, QueryError: bad_request,
-                          HTTPException: http_error, Exception: server_error})
+                          HTTPException: http_error})
 
 
 class RequestLog:
-  """ASGI middleware: one log line per request (method, path, status, milliseconds)."""
+  """ASGI middleware: one log line per request (method, path, status, milliseconds); an
+  unexpected exception is logged with its traceback and answered 500."""
 
   def __init__(self, app):
     self.app = app
@@ -159,7 +155,8 @@ class RequestLog:
     if scope['type'] != 'http':
       await self.app(scope, receive, send)
       return
-    start, status = time.perf_counter(), [500]
+    start, status = time.perf_counter(), [None]
+    path = scope.get('raw_path', b'').decode('ascii', 'backslashreplace')[:200]
 
     async def send_and_note(message):
       if message['type'] == 'http.response.start':
@@ -168,10 +165,13 @@ class RequestLog:
 
     try:
       await self.app(scope, receive, send_and_note)
-    finally:
-      path = scope.get('raw_path', b'').decode('ascii', 'backslashreplace')
-      log.info('%s %s %d %.1f ms', scope['method'], path[:200], status[0],
-               1000 * (time.perf_counter() - start))
+    except Exception as e:  # pylint: disable=broad-except  (every request gets an answer)
+      log.exception('%s %s failed', scope['method'], path)
+      if status[0] is None:  # nothing sent yet: answer 500
+        await JSONResponse({'error': f'internal error ({type(e).__name__}); see the server '
+                                     'log'}, 500)(scope, receive, send_and_note)
+    log.info('%s %s %s %.1f ms', scope['method'], path, status[0] or 'dropped',
+             1000 * (time.perf_counter() - start))
 
 
 def is_loopback(host: str) -> bool:
@@ -194,6 +194,7 @@ class SearchServer:
                                        backlog=BACKLOG)
     self.address = self.socket.getsockname()[:2]
     app = make_app(engine, check_host=is_loopback(host))
+    logging.getLogger('uvicorn.access').disabled = True  # RequestLog writes one line instead
     self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
                                                  backlog=BACKLOG, lifespan='off'))
 
