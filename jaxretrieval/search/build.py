@@ -17,7 +17,7 @@ from jaxretrieval.evaluation import Embedder
 from jaxretrieval.experts import model_spec
 from jaxretrieval.features.experts import DIMS
 from jaxretrieval.models import RetrievalModel
-from jaxretrieval.search.store import IndexStore, variable_shapes
+from jaxretrieval.search.store import IndexStore, contained, variable_shapes
 from jaxretrieval.text import WordVectors
 
 
@@ -72,14 +72,15 @@ def default_word_vectors(data: str, audio_paths: list[str]) -> pathlib.Path | No
 def check_audio_paths(ids: list[str], audio_paths: list[str], roots: list[str]) -> None:
   """Refuses an item whose audio file (symlinks resolved) lies outside the root folders."""
   for item, path in zip(ids, audio_paths):
-    if path and not any(pathlib.Path(path).resolve().is_relative_to(r) for r in roots):
+    if path and contained(path, roots) is None:
       raise ValueError(f'item {item}: audio file {path} resolves to {pathlib.Path(path).resolve()}'
                        f', outside the collection root(s) {roots}; if the collection really '
                        'lives there, pass --audio_root FOLDER (the folder holding its audio)')
 
 
 def check_finite(ids: list[str], embeddings: np.ndarray) -> None:
-  """Refuses NaN or Inf embeddings (they would rank arbitrarily), naming the items."""
+  """Refuses NaN or Inf embeddings of available experts (they would poison every score),
+  naming the items."""
   bad = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
   if len(bad):
     raise ValueError(f'{len(bad)} item(s) embed to NaN or Inf values: '
@@ -112,7 +113,7 @@ def build_index(workdir: str, out: str, data: str | None = None, split: str | No
   check_audio_paths(items.ids, items.audio_paths, roots)
   embedder = Embedder(RetrievalModel(spec), max(1, config.eval_chunk // jax.local_device_count()))
   audio = embedder.items(jax_utils.replicate(variables), items)
-  embeddings = np.concatenate([audio[e] * items.availability[:, i:i + 1]
+  embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
                                for i, e in enumerate(spec.expert_names)], axis=1)
   check_finite(items.ids, embeddings)
   vectors = word_vectors or default_word_vectors(data, items.audio_paths)

@@ -52,11 +52,15 @@ class BadRequest(ValueError):
   pass
 
 
-def parse_number(text: str, name: str, max_digits: int) -> int:
-  """A non-negative integer written in at most `max_digits` ASCII digits."""
-  if not (text.isascii() and text.isdigit() and len(text) <= max_digits):
-    raise BadRequest(f'{name}={text[:20]!r}: expected a number of at most {max_digits} digits')
-  return int(text)
+def parse_number(text: str, max_digits: int) -> int | None:
+  """The integer written in 1 to `max_digits` ASCII digits, else None.
+
+  Never `int()` of anything else: '²'.isdigit() is True and int() refuses it, and 5,000
+  digits exceed Python's int-digit limit.
+  """
+  if text.isascii() and text.isdigit() and len(text) <= max_digits:
+    return int(text)
+  return None
 
 
 def parse_query(query_string: str) -> tuple[str, int]:
@@ -77,11 +81,8 @@ def parse_query(query_string: str) -> tuple[str, int]:
   if len(q) > MAX_QUERY_CHARS:
     raise BadRequest(f'query of {len(q)} characters; at most {MAX_QUERY_CHARS}')
   k = params.get('k', ['10'])[0]
-  try:
-    k_value = parse_number(k, 'k', len(str(MAX_K)))
-  except BadRequest:
-    k_value = 0
-  if not 1 <= k_value <= MAX_K:
+  k_value = parse_number(k, len(str(MAX_K)))
+  if k_value is None or not 1 <= k_value <= MAX_K:
     raise BadRequest(f'k={k[:20]!r}: expected an integer from 1 to {MAX_K}')
   return q, k_value
 
@@ -113,10 +114,7 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
 
   def audio(request: Request) -> FileResponse | JSONResponse:
     text = request.path_params['row']
-    try:
-      row = parse_number(text, 'item', MAX_ROW_DIGITS)
-    except BadRequest:
-      row = None
+    row = parse_number(text, MAX_ROW_DIGITS)
     if row is None or row >= len(store):
       return JSONResponse({'error': f'no item {text[:20]!r}'}, 404)
     path = store.audio_file(row)
@@ -155,12 +153,19 @@ class RequestLog:
     if scope['type'] != 'http':
       await self.app(scope, receive, send)
       return
-    start, status = time.perf_counter(), [None]
+    start, status, logged = time.perf_counter(), [None], [False]
     path = scope.get('raw_path', b'').decode('ascii', 'backslashreplace')[:200]
+
+    def log_line():
+      logged[0] = True
+      log.info('%s %s %s %.1f ms', scope['method'], path, status[0] or 'dropped',
+               1000 * (time.perf_counter() - start))
 
     async def send_and_note(message):
       if message['type'] == 'http.response.start':
         status[0] = message['status']
+      if message['type'] == 'http.response.body' and not message.get('more_body', False):
+        log_line()  # before the last byte leaves, so the line precedes the client's next step
       await send(message)
 
     try:
@@ -170,8 +175,8 @@ class RequestLog:
       if status[0] is None:  # nothing sent yet: answer 500
         await JSONResponse({'error': f'internal error ({type(e).__name__}); see the server '
                                      'log'}, 500)(scope, receive, send_and_note)
-    log.info('%s %s %s %.1f ms', scope['method'], path, status[0] or 'dropped',
-             1000 * (time.perf_counter() - start))
+    if not logged[0]:
+      log_line()
 
 
 def is_loopback(host: str) -> bool:

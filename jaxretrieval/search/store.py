@@ -45,13 +45,17 @@ def variable_shapes(spec: ModelSpec) -> dict:
   return jax.eval_shape(lambda: RetrievalModel(spec).init(jax.random.key(0), sample, train=False))
 
 
-def servable_path(path: str, roots: list[str]) -> pathlib.Path | None:
-  """`path` with symlinks resolved when it is a file inside one of `roots`, else None."""
+def contained(path: str, roots: list[str]) -> pathlib.Path | None:
+  """`path` with symlinks resolved when it lies inside one of the folders `roots`, else None.
+
+  The one containment rule of the index: applied when it is built and whenever audio is
+  served (`..` and symlinks pointing out of the collection are resolved first).
+  """
   if not path:
     return None
   resolved = pathlib.Path(path).resolve()
   inside = any(resolved.is_relative_to(pathlib.Path(r).resolve()) for r in roots)
-  return resolved if inside and resolved.is_file() else None
+  return resolved if inside else None
 
 
 @dataclasses.dataclass
@@ -76,7 +80,8 @@ class IndexStore:
 
   def audio_file(self, row: int) -> pathlib.Path | None:
     """The audio file of item `row` if it exists inside the collection's root(s)."""
-    return servable_path(self.audio_paths[row], self.audio_roots)
+    path = contained(self.audio_paths[row], self.audio_roots)
+    return path if path is not None and path.is_file() else None
 
   def save(self, directory: str | pathlib.Path) -> None:
     directory = pathlib.Path(directory)
