@@ -5,13 +5,14 @@ serves and guarantees is in `jaxretrieval/search/server.py`.
 """
 
 import logging
+import sys
 
 from absl import app
 from absl import flags
 
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.server import SearchServer
-from jaxretrieval.search.store import IndexStore
+from jaxretrieval.search.store import IndexFileError, IndexStore
 
 
 def main(argv):
@@ -19,9 +20,15 @@ def main(argv):
   f = flags.FLAGS
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
                       force=True)
-  engine = SearchEngine(IndexStore.load(f.index))
+  try:
+    engine = SearchEngine(IndexStore.load(f.index))
+  except (FileNotFoundError, IndexFileError) as e:
+    sys.exit(f'cannot load the index: {e}')
   print(f'compiling the query path for {len(engine.store)} items…', flush=True)
-  server = SearchServer(engine, f.host, f.port)
+  try:
+    server = SearchServer(engine, f.host, f.port)
+  except OSError as e:
+    sys.exit(f'cannot listen on {f.host}:{f.port} ({e}); pick another --port')
   host, port = server.address
   host = f'[{host}]' if ':' in host else host
   print(f'serving {len(engine.store)} items on http://{host}:{port}/ (Ctrl-C stops)', flush=True)

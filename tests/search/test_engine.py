@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -82,6 +83,15 @@ def test_search_command_line(tiny_index):
   assert scores == sorted(scores, reverse=True)
   empty = run('')
   assert empty.returncode == 2 and 'empty query' in empty.stderr
+
+
+def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
+  index = shutil.copytree(tiny_index, tmp_path / 'index')
+  (index / 'items.json').write_text('{"ids": [')
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search', f'--index={index}', 'beep'],
+                       capture_output=True, text=True)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert f'cannot load the index: {index / "items.json"}: cannot read' in out.stderr
 
 
 def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
