@@ -46,7 +46,8 @@ def variable_shapes(spec: ModelSpec) -> dict:
 
 
 def contained(path: str, roots: list[str]) -> pathlib.Path | None:
-  """`path` with symlinks resolved when it lies inside one of the folders `roots`, else None.
+  """`path` with symlinks resolved when it lies inside one of the folders `roots` (resolved
+  absolute paths), else None.
 
   The one containment rule of the index: applied when it is built and whenever audio is
   served (`..` and symlinks pointing out of the collection are resolved first).
@@ -54,8 +55,7 @@ def contained(path: str, roots: list[str]) -> pathlib.Path | None:
   if not path:
     return None
   resolved = pathlib.Path(path).resolve()
-  inside = any(resolved.is_relative_to(pathlib.Path(r).resolve()) for r in roots)
-  return resolved if inside else None
+  return resolved if any(resolved.is_relative_to(r) for r in roots) else None
 
 
 @dataclasses.dataclass
@@ -117,7 +117,10 @@ class IndexStore:
     items = _read(directory / 'items.json', lambda p: json.loads(p.read_text()))
     variables = _read(directory / 'model.msgpack',
                       lambda p: serialization.msgpack_restore(p.read_bytes()))
-    words = _read(words_file, WordVectors.load)
+    try:
+      words = WordVectors.load(words_file)
+    except ValueError as e:  # names the file: truncated, malformed, or a refused pickle
+      raise IndexFileError(f'{e}; {REBUILD}') from e
     _check_array(directory / 'embeddings.npy', embeddings, (n, sum(spec.embed_dims())),
                  ('float32', 'float16'))
     _check_array(directory / 'availability.npy', availability, (n, len(spec.experts)),
@@ -130,7 +133,7 @@ class IndexStore:
     if words.dim != spec.text_dim:
       raise IndexFileError(f'{words_file}: {words.dim}-d word vectors, but the model in '
                            f'meta.json reads {spec.text_dim}-d ones; {REBUILD}')
-    roots = meta.get('audio_roots', [])
+    roots = [str(pathlib.Path(r).resolve()) for r in meta.get('audio_roots', [])]
     if not roots and any(items['audio_paths']):
       logging.warning('%s records no audio root (an index from an older version): its audio '
                       'is not served; %s', meta_file, REBUILD)

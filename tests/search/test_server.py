@@ -164,7 +164,7 @@ def test_audio_is_served_only_inside_the_collection_root(served, tmp_path, monke
                str(inside / '..' / '..' / '..' / '..' / '..' / 'etc' / 'hostname')]
   paths[3] = str(inside / '..' / 'secret.wav')
   monkeypatch.setattr(store, 'audio_paths', paths)
-  monkeypatch.setattr(store, 'audio_roots', [str(inside)])
+  monkeypatch.setattr(store, 'audio_roots', [str(inside.resolve())])
   assert get(server + '/audio/0')[0] == 200
   for row in (1, 2, 3):
     status, _, body = get(server + f'/audio/{row}')

@@ -11,6 +11,7 @@ import pytest
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexFileError, IndexStore
 from jaxretrieval.text import WordVectors
+from tests.test_text import _WritesAFile
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_truncated_files_are_named(index, name):
   path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
   with pytest.raises(IndexFileError) as error:
     IndexStore.load(index)
-  assert str(error.value).startswith(f'{path}: cannot read') and 'truncated' in str(error.value)
+  assert str(error.value).startswith(f'{path}: ') and 'truncated' in str(error.value)
 
 
 def test_an_index_with_an_old_pickled_word_table_still_loads(index):
@@ -96,3 +97,12 @@ def test_an_index_with_an_old_pickled_word_table_still_loads(index):
   store = IndexStore.load(index)
   assert store.words.words == words.words
   assert len(SearchEngine(store).search('a loud beep', k=3).hits) == 3
+
+
+def test_an_index_with_a_code_running_word_table_is_refused(index):
+  (index / 'word_vectors.npz').unlink()
+  target = index / 'pwned'
+  (index / 'word_vectors.pkl').write_bytes(pickle.dumps({'x': _WritesAFile(target)}))
+  with pytest.raises(IndexFileError, match=r'word_vectors\.pkl: refused to load'):
+    IndexStore.load(index)
+  assert not target.exists()
