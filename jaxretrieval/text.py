@@ -1,16 +1,21 @@
 """Captions to word vectors: tokenisation and word-vector tables (REFERENCE §1.3).
 
 The reference maps each caption token to its word2vec (GoogleNews, 300-d) vector and drops
-words without one. `WordVectors` reads a table as a pickled `dict[str, vector]` (what
-SynthCaps writes) or in word2vec's binary or text format (what gensim's
+words without one. `WordVectors` reads a table in the project's own format (`.npz`: a float32
+matrix and a JSON vocabulary, no pickle), as a pickled `dict[str, vector]` (older SynthCaps
+and features folders; read through the allow-listing release unpickler, so no file can run
+code) or in word2vec's binary or text format (what gensim's
 `KeyedVectors.save_word2vec_format` and the GoogleNews release use).
 """
 
+import json
 import pathlib
-import pickle
 import re
+import zipfile
 
 import numpy as np
+
+from jaxretrieval.data.release_files import ReleaseFileError, load_pickle
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
@@ -45,21 +50,63 @@ class WordVectors:
     rows = [self.index[t] for t in known]
     return self.matrix[rows].reshape(len(rows), self.dim), unknown
 
-  def save(self, path: pathlib.Path) -> None:
-    path.write_bytes(pickle.dumps(dict(zip(self.words, self.matrix)), protocol=4))
+  def save(self, path: str | pathlib.Path) -> None:
+    """Writes the table as `.npz`: `matrix` `[words, dim]` float32 and `vocabulary`, the
+    words as UTF-8 JSON (a byte array, so reading it needs no pickle)."""
+    path = pathlib.Path(path)
+    if path.suffix != '.npz':
+      raise ValueError(f'{path}: word-vector tables are written as .npz')
+    vocabulary = np.frombuffer(json.dumps(self.words).encode('utf-8'), np.uint8)
+    with open(path, 'wb') as f:  # a file object: np.savez would append .npz to other names
+      np.savez(f, matrix=self.matrix.astype(np.float32), vocabulary=vocabulary)
 
   @classmethod
   def load(cls, path: str | pathlib.Path) -> 'WordVectors':
-    """Pickle (`.pkl`), word2vec binary (`.bin`) or word2vec text (anything else)."""
+    """`.npz` (this project's format), pickle (`.pkl`, allow-listed types only), word2vec
+    binary (`.bin`) or word2vec text (anything else)."""
     path = pathlib.Path(path)
     if not path.is_file():
       raise FileNotFoundError(f'no word-vector file at {path}')
+    if path.suffix == '.npz':
+      return cls(_read_npz(path))
     if path.suffix in ('.pkl', '.pickle'):
-      with open(path, 'rb') as f:
-        return cls(pickle.load(f))
+      return cls(_read_pickle(path))
     if path.suffix == '.bin':
       return cls(_read_word2vec_binary(path))
     return cls(_read_word2vec_text(path))
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """The table written by `WordVectors.save`, validated."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      matrix, vocabulary = f['matrix'], f['vocabulary']
+    words = json.loads(vocabulary.tobytes().decode('utf-8'))
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    raise ValueError(f'{path}: not a readable word-vector table ({type(e).__name__}: {e}); '
+                     'the file is truncated or corrupt, write it again') from e
+  if (matrix.ndim != 2 or matrix.dtype != np.float32 or not isinstance(words, list)
+      or len(words) != len(matrix) or not all(isinstance(w, str) for w in words)
+      or len(set(words)) != len(words)):
+    raise ValueError(f'{path}: expected a float32 [words, dim] matrix and as many distinct '
+                     f'words; found a {matrix.dtype} {matrix.shape} matrix and '
+                     f'{len(words) if isinstance(words, list) else type(words).__name__} words')
+  return dict(zip(words, matrix))
+
+
+def _read_pickle(path: pathlib.Path) -> dict[str, np.ndarray]:
+  """A pickled `dict[str, vector]`, through the allow-listing release unpickler."""
+  try:
+    table = load_pickle(path)
+  except ReleaseFileError as e:
+    raise ValueError(f'{path}: refused to load: {e}') from e
+  except Exception as e:  # pickle, EOF and decoding errors of a truncated or corrupt file
+    raise ValueError(f'{path}: not a readable pickle ({type(e).__name__}: {e})') from e
+  if not isinstance(table, dict) or not all(
+      isinstance(w, str) and np.ndim(v) == 1 for w, v in table.items()):
+    raise ValueError(f'{path}: expected a pickled dict of word -> vector, found '
+                     f'{type(table).__name__}')
+  return table
 
 
 def _read_word2vec_binary(path: pathlib.Path) -> dict[str, np.ndarray]:

@@ -57,7 +57,7 @@ _VGGSOUND_MAX = flags.DEFINE_float('vggsound_max_seconds', 0.0,
 _DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'network compute dtype')
 _CAPTIONS = flags.DEFINE_string('captions', None, 'CSV with columns file,caption[,split]')
 _WORD_VECTORS = flags.DEFINE_string('word_vectors', None, 'word vectors for the captions: '
-                                    'word2vec .bin/.txt or a word_vectors.pkl table')
+                                    'word2vec .bin/.txt or a word_vectors.npz (or older .pkl) table')
 _VAL = flags.DEFINE_float('val_fraction', 0.1, 'without a split column: share of val items')
 _TEST = flags.DEFINE_float('test_fraction', 0.1, 'without a split column: share of test items')
 _SEED = flags.DEFINE_integer('seed', 0, 'seed of the split')
@@ -185,7 +185,7 @@ def main(argv):
   words = None
   if captions:
     if _WORD_VECTORS.value is None:
-      sys.exit('--captions needs --word_vectors (word2vec .bin/.txt, or word_vectors.pkl)')
+      sys.exit('--captions needs --word_vectors (word2vec .bin/.txt, or word_vectors.npz)')
     words = WordVectors.load(_WORD_VECTORS.value)
   options = pretrained.Options(
       vggish_output=_VGGISH_OUTPUT.value, vggish_flavour=_VGGISH_FLAVOUR.value,

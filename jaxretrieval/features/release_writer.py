@@ -4,7 +4,7 @@ Layout (a structured-symlinks folder): `<split>_list.txt`, `aggregated_<expert>/
 (id -> `[T, D]`), `structured-symlinks/raw-captions.pkl` (id -> list of token lists),
 `text_embeddings/w2v.pkl` (id -> list of `[tokens, 300]`), `audio_files.json` (id -> audio
 file, relative to the folder when inside it), `experts.json` (expert -> width and whether
-items may lack it) and `word_vectors.pkl` (the table used).
+items may lack it) and `word_vectors.npz` (the table used).
 
 Item ids are the files' paths relative to the audio folder, escaped (`item_id`) so that the
 line-based split lists round-trip any file name: `%`, characters that are not printable
@@ -101,7 +101,7 @@ def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[
     _dump(root / 'text_embeddings' / 'w2v.pkl',
           {it.id: caption_vectors(it.captions, words) for it in captioned})
   if words is not None:
-    words.save(root / 'word_vectors.pkl')
+    words.save(root / 'word_vectors.npz')
   audio = {}
   for it in items:
     if it.audio_file is not None:

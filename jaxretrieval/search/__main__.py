@@ -10,7 +10,7 @@ from absl import app
 from absl import flags
 
 from jaxretrieval.search.engine import QueryError, SearchEngine
-from jaxretrieval.search.store import IndexStore
+from jaxretrieval.search.store import IndexFileError, IndexStore
 
 
 def format_result(result) -> str:
@@ -29,7 +29,11 @@ def format_result(result) -> str:
 
 def main(argv):
   query = ' '.join(argv[1:])
-  engine = SearchEngine(IndexStore.load(flags.FLAGS.index))
+  try:
+    engine = SearchEngine(IndexStore.load(flags.FLAGS.index))
+  except (FileNotFoundError, IndexFileError) as e:
+    print(f'cannot load the index: {e}', file=sys.stderr)
+    sys.exit(2)
   try:
     result = engine.search(query, flags.FLAGS.k)
   except QueryError as e:

@@ -4,7 +4,9 @@ A query is tokenised and mapped to word vectors, truncated and zero-padded to th
 text length (as in training: NetVLAD sees the padding), and encoded by the text tower. Its
 score for item j is sum_e W_e cos(text_e, audio_e[j]) with the mixture weights renormalised
 over the experts item j has, exactly as in training. Scores and the running top-k are
-computed on the device in fixed-size chunks of items, so millions of items fit.
+computed on the device in fixed-size chunks of items, so millions of items fit. The top-k
+runs for k rounded up to a power of two, so a handful of compiled programs serve every k
+and `warm_up` can compile them all before the first query.
 """
 
 import dataclasses
@@ -57,6 +59,11 @@ def _merge_chunk(values, index, lhs, weights, rhs, avail, start, k: int):
   return top, jnp.take_along_axis(merged_index, where, axis=1)
 
 
+def _top_k_size(k: int, n: int) -> int:
+  """k rounded up to a power of two (at most n): the k the top-k is compiled for."""
+  return min(1 << (k - 1).bit_length(), n)
+
+
 class SearchEngine:
   """Encodes queries and ranks the indexed items."""
 
@@ -81,6 +88,30 @@ class SearchEngine:
                                                        method=RetrievalModel.encode_text))
     self.variables = jax.device_put(store.variables)
 
+  def warm_up(self, max_k: int) -> None:
+    """Compiles the text tower and the top-k of every k up to `max_k` for one query."""
+    words = self.store.words
+    text = np.zeros((1, self.store.text_tokens, words.dim), np.float32)
+    lhs, _, weights = self._embed(text)
+    for k in sorted({_top_k_size(k, len(self.store)) for k in range(1, max_k + 1)}):
+      jax.block_until_ready(self._top_k(lhs, weights, k))
+
+  def _embed(self, text: np.ndarray):
+    """Weighted text `[Q, D]`, text `[Q, D]` and mixture weights `[Q, M]` of word vectors."""
+    emb, weights = self._encode(self.variables, jnp.asarray(text))
+    text_cat = jnp.concatenate([emb[e] for e in self.names], axis=1)
+    lhs = jnp.concatenate([weights[:, i:i + 1] * emb[e] for i, e in enumerate(self.names)], 1)
+    return lhs, text_cat, weights
+
+  def _top_k(self, lhs, weights, k: int):
+    """Scores and rows `[Q, k]` of the best items, chunk by chunk."""
+    values = jnp.full((lhs.shape[0], k), -jnp.inf)
+    index = jnp.zeros((lhs.shape[0], k), jnp.int32)
+    for c, (rhs, avail) in enumerate(self.chunks):
+      values, index = _merge_chunk(values, index, lhs, weights, rhs, avail,
+                                   c * self.chunk, k)
+    return values, index
+
   def encode(self, queries: list[str]):
     """Token lists, unknown words, weighted text `[Q, D]`, text `[Q, D]`, weights `[Q, M]`."""
     words, t = self.store.words, self.store.text_tokens
@@ -99,20 +130,13 @@ class SearchEngine:
                          f'({len(words.words)} words); unknown: {", ".join(missing)}')
       vectors = vectors[:t]
       text[i, :len(vectors)] = vectors
-    emb, weights = self._encode(self.variables, jnp.asarray(text))
-    text_cat = jnp.concatenate([emb[e] for e in self.names], axis=1)
-    lhs = jnp.concatenate([weights[:, i:i + 1] * emb[e] for i, e in enumerate(self.names)], 1)
-    return tokens, unknown, lhs, text_cat, weights
+    return (tokens, unknown) + self._embed(text)
 
   def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResult]:
     k = max(1, min(k, len(self.store)))
     tokens, unknown, lhs, text_cat, weights = self.encode(queries)
-    values = jnp.full((len(queries), k), -jnp.inf)
-    index = jnp.zeros((len(queries), k), jnp.int32)
-    for c, (rhs, avail) in enumerate(self.chunks):
-      values, index = _merge_chunk(values, index, lhs, weights, rhs, avail,
-                                   c * self.chunk, k)
-    values, index = np.asarray(values), np.asarray(index)
+    values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
+    values, index = np.asarray(values)[:, :k], np.asarray(index)[:, :k]
     text_cat, weights = np.asarray(text_cat), np.asarray(weights)
     return [SearchResult(q, tokens[i], unknown[i],
                          {e: float(weights[i, m]) for m, e in enumerate(self.names)},

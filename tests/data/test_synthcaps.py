@@ -86,7 +86,7 @@ def test_every_kind_renders_and_attributes_change_the_sound():
 def test_word_vectors_cover_captions_and_group_synonyms(built):
   _, data_dir = built
   root = next(pathlib.Path(data_dir, 'downloads').glob('synthcaps-tiny-*'))
-  words = WordVectors.load(root / 'word_vectors.pkl')
+  words = WordVectors.load(root / 'word_vectors.npz')
   reader = ReleaseReader('synthcaps', root)
   for _, example in reader.examples('train'):
     for c in example['captions']:

@@ -29,11 +29,11 @@ def test_folder_with_captions_and_a_broken_file(tmp_path):
       w.writerow([name, f'a loud noise from {name.split(".")[0]}'])
       w.writerow([name, 'quiet hiss'])
   WordVectors({w: rng.normal(size=300) for w in ['a', 'loud', 'noise', 'from', 'quiet', 'hiss']}
-              ).save(tmp_path / 'words.pkl')
+              ).save(tmp_path / 'words.npz')
   out = tmp_path / 'out'
   result = subprocess.run(
       [sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={audio}', f'--out={out}',
-       f'--captions={tmp_path / "captions.csv"}', f'--word_vectors={tmp_path / "words.pkl"}',
+       f'--captions={tmp_path / "captions.csv"}', f'--word_vectors={tmp_path / "words.npz"}',
        '--val_fraction=0.25', '--test_fraction=0.25', '--workers=2'],
       capture_output=True, text=True, check=True)
   assert 'cannot read broken.wav' in result.stderr

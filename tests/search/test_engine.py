@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -84,6 +85,15 @@ def test_search_command_line(tiny_index):
   assert empty.returncode == 2 and 'empty query' in empty.stderr
 
 
+def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
+  index = shutil.copytree(tiny_index, tmp_path / 'index')
+  (index / 'items.json').write_text('{"ids": [')
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search', f'--index={index}', 'beep'],
+                       capture_output=True, text=True)
+  assert out.returncode == 2 and 'Traceback' not in out.stderr
+  assert f'cannot load the index: {index / "items.json"}: cannot read' in out.stderr
+
+
 def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   """Own audio -> features -> index -> search, with the SynthCaps-trained model."""
   import soundfile
@@ -96,10 +106,58 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   subprocess.run([sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={tmp_path / "audio"}',
                   f'--out={tmp_path / "feats"}', '--workers=1'], check=True, capture_output=True)
   data_dir = pathlib.Path(json.loads((tiny_workdir / 'config.json').read_text())['data_dir'])
-  words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.pkl'))
-  subprocess.run([sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
-                  f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}',
-                  f'--word_vectors={words}'], check=True, capture_output=True)
+  words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.npz'))
+  index = lambda *args: subprocess.run(
+      [sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
+       f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}', f'--word_vectors={words}',
+       *args], capture_output=True, text=True)
+  refused = index()  # the audio lies outside the features folder, the default root
+  assert refused.returncode != 0 and '--audio_root' in refused.stderr
+  built = index(f'--audio_root={tmp_path / "audio"}')
+  assert built.returncode == 0, built.stderr
   store = IndexStore.load(tmp_path / 'index')
   assert sorted(store.ids) == ['beep.wav', 'bell.wav', 'hiss.wav']
+  assert store.audio_roots == [str((tmp_path / 'audio').resolve())]
+  assert all(store.audio_file(row) for row in range(3))
   assert len(SearchEngine(store).search('a bell', k=3).hits) == 3
+
+
+def _features_folder(root, audio_files):
+  """A features folder of two items with random experts and the given audio_files.json."""
+  from jaxretrieval.features.experts import DIMS
+  from jaxretrieval.features.release_writer import Item, write_release
+  rng = np.random.default_rng(0)
+  items = [Item(i, {e: rng.normal(size=(3, d)).astype(np.float32) for e, d in DIMS.items()}, [])
+           for i in audio_files]
+  write_release(root, items, {'all': list(audio_files)}, None)
+  (root / 'audio_files.json').write_text(json.dumps(audio_files))
+  return root
+
+
+@pytest.mark.parametrize('listed', ['../../etc/hostname', 'audio/link.wav'])
+def test_index_refuses_audio_outside_the_collection(tiny_workdir, tmp_path, listed):
+  from jaxretrieval.search.build import build_index
+  folder = _features_folder(tmp_path / 'feats', {'fine': 'audio/fine.wav', 'bad': listed})
+  (folder / 'audio').mkdir()
+  (folder / 'audio' / 'fine.wav').write_bytes(b'RIFF')
+  (folder / 'audio' / 'link.wav').symlink_to('/etc/hostname')
+  with pytest.raises(ValueError, match=r'item bad: audio file .* outside the collection root'):
+    build_index(str(tiny_workdir), str(tmp_path / 'index'), data=str(folder))
+  assert not (tmp_path / 'index').exists()
+
+
+def test_index_refuses_nan_embeddings(tiny_workdir, tiny_index, tmp_path, monkeypatch):
+  from jaxretrieval.search import build
+  items = build.Embedder.items
+
+  def nan_row(self, variables, data):
+    audio = items(self, variables, data)
+    first = next(iter(audio))
+    audio[first] = np.array(audio[first])
+    audio[first][1] = np.nan
+    return audio
+  monkeypatch.setattr(build.Embedder, 'items', nan_row)
+  second = IndexStore.load(tiny_index).ids[1]
+  with pytest.raises(ValueError, match=rf'1 item\(s\) embed to NaN or Inf values: {second};'):
+    build.build_index(str(tiny_workdir), str(tmp_path / 'index'), split='test')
+  assert not (tmp_path / 'index').exists()

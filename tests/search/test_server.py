@@ -1,48 +1,81 @@
-"""The search web page: API, bad requests, audio, and a real browser."""
+"""The search web page: API, bad requests, audio, host check, load, and a real browser."""
 
+import concurrent.futures
 import json
+import logging
 import shutil
+import socket
 import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 
+import jax
 import pytest
 
 from jaxretrieval.search.engine import SearchEngine
-from jaxretrieval.search.server import make_server
+from jaxretrieval.search.server import SearchServer
 from jaxretrieval.search.store import IndexStore
 
 
 @pytest.fixture(scope='module')
-def server(tiny_index):
-  httpd = make_server(SearchEngine(IndexStore.load(tiny_index)), '127.0.0.1', 0)
-  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+def served(tiny_index):
+  """(base URL, engine) of a server on a free loopback port, warmed up at start."""
+  engine = SearchEngine(IndexStore.load(tiny_index))
+  server = SearchServer(engine, '127.0.0.1', 0)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
   thread.start()
-  yield f'http://127.0.0.1:{httpd.server_address[1]}'
-  httpd.shutdown()
-  httpd.server_close()
+  yield f'http://127.0.0.1:{server.address[1]}', engine
+  server.shutdown()
+  thread.join(timeout=30)
 
 
-def get(url, method='GET'):
-  request = urllib.request.Request(url, method=method)
+@pytest.fixture(scope='module')
+def server(served):
+  return served[0]
+
+
+def get(url, method='GET', headers=None):
+  request = urllib.request.Request(url, method=method, headers=headers or {})
   try:
     with urllib.request.urlopen(request, timeout=60) as r:
-      return r.status, r.headers.get('Content-Type'), r.read()
+      return r.status, r.headers, r.read()
   except urllib.error.HTTPError as e:
-    return e.code, e.headers.get('Content-Type'), e.read()
+    return e.code, e.headers, e.read()
+
+
+def raw_request(server, target: bytes, host: bytes = b'127.0.0.1') -> bytes:
+  """The status line answered to a hand-written request (bytes a client library refuses)."""
+  port = urllib.parse.urlsplit(server).port
+  with socket.create_connection(('127.0.0.1', port), timeout=30) as s:
+    s.sendall(b'GET ' + target + b' HTTP/1.1\r\nHost: ' + host + b'\r\nConnection: close\r\n\r\n')
+    answer = b''
+    while chunk := s.recv(65536):
+      answer += chunk
+  return answer.split(b'\r\n', 1)[0]
 
 
 def test_page_and_search_api(server):
-  status, kind, body = get(server + '/')
-  assert status == 200 and 'text/html' in kind and b'<form id="search"' in body
-  status, kind, body = get(server + '/api/search?q=loud+buzz+then+clicks+zork&k=4')
+  status, headers, body = get(server + '/')
+  assert status == 200 and 'text/html' in headers['Content-Type'] and b'<form id="search"' in body
+  status, headers, body = get(server + '/api/search?q=loud+buzz+then+clicks+zork&k=4')
   data = json.loads(body)
-  assert status == 200 and kind == 'application/json'
+  assert status == 200 and headers['Content-Type'] == 'application/json'
   assert data['unknown'] == ['zork'] and len(data['results']) == 4
   assert [r['rank'] for r in data['results']] == [1, 2, 3, 4]
   assert all(r['audio'].startswith('/audio/') for r in data['results'])
-  status, kind, wav = get(server + data['results'][0]['audio'])
-  assert status == 200 and kind == 'audio/x-wav' and wav[:4] == b'RIFF'
+  status, headers, wav = get(server + data['results'][0]['audio'])
+  assert status == 200 and headers['Content-Type'] == 'audio/x-wav' and wav[:4] == b'RIFF'
+  assert headers['Accept-Ranges'] == 'bytes'
+
+
+def test_audio_answers_range_requests(server):
+  whole = get(server + '/audio/0')[2]
+  status, headers, part = get(server + '/audio/0', headers={'Range': 'bytes=4-11'})
+  assert status == 206 and part == whole[4:12]
+  assert headers['Content-Range'] == f'bytes 4-11/{len(whole)}'
+  status, _, _ = get(server + '/audio/0', headers={'Range': f'bytes={len(whole) + 10}-'})
+  assert status == 416
 
 
 @pytest.mark.parametrize('path,status,message', [
@@ -50,6 +83,9 @@ def test_page_and_search_api(server):
     ('/api/search?q=beep&k=0', 400, 'from 1 to 100'),
     ('/api/search?q=beep&k=101', 400, 'from 1 to 100'),
     ('/api/search?q=beep&k=ten', 400, 'from 1 to 100'),
+    ('/api/search?q=beep&k=%C2%B2', 400, 'from 1 to 100'),  # '²'.isdigit() is True
+    ('/api/search?q=beep&k=' + '9' * 5000, 400, 'from 1 to 100'),
+    ('/api/search?q=%FF%FE', 400, 'malformed'),  # not UTF-8
     ('/api/search?k=3', 400, 'missing parameter q'),
     ('/api/search?q=beep&q=hiss', 400, 'once'),
     ('/api/search?q=beep&limit=3', 400, 'unknown parameter'),
@@ -57,18 +93,112 @@ def test_page_and_search_api(server):
     ('/api/search?q=', 400, 'empty query'),
     ('/api/search?q=qwerty+uiop', 400, 'no word of the query'),
     ('/audio/99999', 404, 'no item'),
+    ('/audio/%C2%B2', 404, 'no item'),
+    ('/audio/' + '1' * 5000, 404, 'no item'),  # beyond Python's int-digit limit
     ('/audio/..%2F..%2Fetc%2Fpasswd', 404, 'no item'),
     ('/admin', 404, 'no page'),
 ])
 def test_bad_requests_are_answered_and_the_server_keeps_serving(server, path, status, message):
-  got, kind, body = get(server + path)
-  assert got == status and kind == 'application/json'
+  got, headers, body = get(server + path)
+  assert got == status and headers['Content-Type'] == 'application/json'
   assert message in json.loads(body)['error']
+  assert get(server + '/api/search?q=beep&k=2')[0] == 200
+
+
+def test_raw_non_ascii_bytes_in_the_path_are_answered(server):
+  assert raw_request(server, b'/audio/\xb2').split(b' ')[1] in (b'400', b'404')
+  assert raw_request(server, b'/api/search?q=beep&k=\xb2').split(b' ')[1] == b'400'
   assert get(server + '/api/search?q=beep&k=2')[0] == 200
 
 
 def test_post_is_refused(server):
   assert get(server + '/api/search?q=beep', method='POST')[0] == 405
+
+
+def test_unexpected_errors_answer_500_and_are_logged(served, monkeypatch, caplog):
+  server, engine = served
+
+  def broken(query, k):
+    raise RuntimeError('device lost')
+  monkeypatch.setattr(engine, 'search', broken)
+  with caplog.at_level(logging.INFO):
+    status, headers, body = get(server + '/api/search?q=beep')
+  assert status == 500 and headers['Content-Type'] == 'application/json'
+  assert json.loads(body)['error'] == 'internal error (RuntimeError); see the server log'
+  assert any(r.exc_info and 'device lost' in str(r.exc_info[1]) for r in caplog.records)
+  monkeypatch.undo()
+  assert get(server + '/api/search?q=beep&k=2')[0] == 200
+
+
+def test_one_log_line_per_request(server, caplog):
+  with caplog.at_level(logging.INFO, logger='jaxretrieval.search.server'):
+    get(server + '/api/search?q=beep&k=2')
+    get(server + '/nowhere')
+  lines = [r.getMessage() for r in caplog.records if r.name == 'jaxretrieval.search.server']
+  assert len(lines) == 2
+  assert lines[0].startswith('GET /api/search 200 ') and lines[0].endswith(' ms')
+  assert lines[1].startswith('GET /nowhere 404 ')
+
+
+@pytest.mark.parametrize('host,status', [
+    ('127.0.0.1', 200), ('127.0.0.1:8000', 200), ('localhost', 200), ('LOCALHOST:1', 200),
+    ('[::1]:8000', 200), ('[::1]', 200),
+    ('attacker.example', 400), ('attacker.example:8000', 400), ('127.0.0.1.nip.io', 400),
+    ('localhost.attacker.example', 400), ('', 400),
+])
+def test_loopback_server_checks_the_host_header(server, host, status):
+  answer = raw_request(server, b'/api/search?q=beep&k=1', host.encode())
+  assert answer.split(b' ')[1] == str(status).encode()
+
+
+def test_audio_is_served_only_inside_the_collection_root(served, tmp_path, monkeypatch):
+  server, engine = served
+  store = engine.store
+  inside = tmp_path / 'collection'
+  inside.mkdir()
+  shutil.copy(store.audio_paths[0], inside / 'ok.wav')
+  (inside / 'link.wav').symlink_to('/etc/hostname')  # a symlink pointing outside
+  (tmp_path / 'secret.wav').write_bytes(b'RIFF secret')
+  paths = list(store.audio_paths)
+  paths[:3] = [str(inside / 'ok.wav'), str(inside / 'link.wav'),
+               str(inside / '..' / '..' / '..' / '..' / '..' / 'etc' / 'hostname')]
+  paths[3] = str(inside / '..' / 'secret.wav')
+  monkeypatch.setattr(store, 'audio_paths', paths)
+  monkeypatch.setattr(store, 'audio_roots', [str(inside.resolve())])
+  assert get(server + '/audio/0')[0] == 200
+  for row in (1, 2, 3):
+    status, _, body = get(server + f'/audio/{row}')
+    assert status == 404 and 'has no audio file' in json.loads(body)['error']
+  results = json.loads(get(server + '/api/search?q=beep&k=16')[2])['results']
+  assert {r['id']: r['audio'] for r in results}[store.ids[1]] is None
+
+
+def test_twenty_concurrent_clients_are_answered_without_compiling(server):
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, seconds, **_: compiles.append(event) if 'compile' in event else None)
+  queries = [f'{w} {v}' for w in ('a loud', 'a quiet', 'a high', 'a low', 'a short')
+             for v in ('beep', 'siren', 'hum', 'whistle')]
+
+  def ask(i):
+    return get(server + '/api/search?' + urllib.parse.urlencode({'q': queries[i], 'k': i + 1}))
+
+  with concurrent.futures.ThreadPoolExecutor(20) as pool:
+    answers = list(pool.map(ask, range(20), timeout=60))
+  assert [a[0] for a in answers] == [200] * 20
+  assert [len(json.loads(a[2])['results']) for a in answers] == [min(i + 1, 16) for i in range(20)]
+  assert not compiles, f'the query path compiled while serving: {compiles}'
+
+
+def test_an_exposed_server_does_not_check_the_host(tiny_index):
+  from jaxretrieval.search.server import is_loopback, make_app
+  assert is_loopback('127.0.0.1') and is_loopback('::1') and is_loopback('localhost')
+  assert not is_loopback('0.0.0.0') and not is_loopback('192.168.1.2')
+  from starlette.middleware.trustedhost import TrustedHostMiddleware
+  engine = SearchEngine(IndexStore.load(tiny_index))
+  kinds = lambda app: [m.cls for m in app.user_middleware]
+  assert TrustedHostMiddleware in kinds(make_app(engine, check_host=True))
+  assert TrustedHostMiddleware not in kinds(make_app(engine, check_host=False))
 
 
 @pytest.mark.slow
@@ -78,6 +208,7 @@ def test_search_in_a_headless_browser(server):
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
   from selenium.webdriver.common.by import By
+  from selenium.webdriver.common.keys import Keys
   from selenium.webdriver.support import expected_conditions
   from selenium.webdriver.support.ui import WebDriverWait
   options = webdriver.ChromeOptions()
@@ -87,23 +218,31 @@ def test_search_in_a_headless_browser(server):
                '--disable-sync', '--no-first-run'):
     options.add_argument(flag)
   browser = webdriver.Chrome(service=Service(driver), options=options)
+  results = lambda: browser.find_elements(By.CSS_SELECTOR, 'li.result')
+  wait = WebDriverWait(browser, 30)
   try:
     browser.get(server + '/')
     box = browser.find_element(By.ID, 'q')
-    box.send_keys('a loud siren while a quiet hum plays flibbertigibbet')
-    browser.find_element(By.ID, 'go').click()
-    wait = WebDriverWait(browser, 30)
-    wait.until(expected_conditions.presence_of_all_elements_located((By.CSS_SELECTOR, 'li.result')))
-    results = browser.find_elements(By.CSS_SELECTOR, 'li.result')
-    assert len(results) == 10
-    assert len(browser.find_elements(By.CSS_SELECTOR, 'li.result audio')) == 10
+    box.send_keys('a loud siren while a quiet hum plays flibbertigibbet', Keys.ENTER)
+    wait.until(lambda b: len(results()) == 10)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)
+    assert query == {'q': ['a loud siren while a quiet hum plays flibbertigibbet'], 'k': ['10']}
+    audio = browser.find_elements(By.CSS_SELECTOR, 'li.result audio')
+    assert len(audio) == 10 and audio[0].get_attribute('preload') == 'metadata'
     assert 'flibbertigibbet' in browser.find_element(By.ID, 'message').text
     assert len(browser.find_elements(By.CSS_SELECTOR, '#weights .weight')) == 2
+    first = [r.find_element(By.CLASS_NAME, 'id').text for r in results()]
+    box = browser.find_element(By.ID, 'q')
     box.clear()
-    box.send_keys('qwerty')
-    browser.find_element(By.ID, 'go').click()
+    box.send_keys('qwerty', Keys.ENTER)
     wait.until(expected_conditions.text_to_be_present_in_element((By.ID, 'message'),
                                                                  'no word of the query'))
-    assert not browser.find_elements(By.CSS_SELECTOR, 'li.result')
+    assert not results() and 'q=qwerty' in browser.current_url
+    browser.back()  # the previous search comes back with its results
+    wait.until(lambda b: len(results()) == 10)
+    assert [r.find_element(By.CLASS_NAME, 'id').text for r in results()] == first
+    assert browser.find_element(By.ID, 'q').get_attribute('value').startswith('a loud siren')
+    browser.get(server + '/?q=a+bell&k=5')  # a linked results page runs its query
+    wait.until(lambda b: len(results()) == 5)
   finally:
     browser.quit()
