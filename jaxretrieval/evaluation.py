@@ -63,8 +63,14 @@ class Embedder:
     return self._chunks(lambda b: self._audio(variables, b), arrays, len(data))
 
   def captions(self, variables, data: SplitData, rows: np.ndarray, table):
-    arrays = {'text_ids': data.caption_ids[rows], 'text_lengths': data.caption_lengths[rows]}
-    return self._chunks(lambda b: self._text(variables, b, table), arrays, len(rows))
+    """Text embeddings and mixture weights of the caption `rows`. Each distinct caption
+    (token ids and length) goes through the text tower once: absent captions repeat their
+    item's first caption, and the same sentence can describe several items."""
+    keys = np.concatenate([data.caption_ids[rows], data.caption_lengths[rows, None]], axis=1)
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    arrays = {'text_ids': distinct[:, :-1], 'text_lengths': distinct[:, -1]}
+    out = self._chunks(lambda b: self._text(variables, b, table), arrays, len(distinct))
+    return jax.tree.map(lambda x: x[inverse.reshape(-1)], out)
 
 
 @jax.jit
