@@ -136,9 +136,10 @@ def ranger_apply(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 1e
   Same arithmetic and the same state as `ranger(...)` (checkpoints, imported reference
   states and `restart_schedule` work with either), but each parameter's moments and new
   value come out of one element-wise pass that writes the parameters directly, and only the
-  LookAhead synchronisation (every `sync_period` steps) is a conditional. Going through
-  optax updates instead (`p + u`, with u materialised) makes XLA:CPU run the update 3-4x
-  slower on CE's 22M parameters (benchmarks/RESULTS.md).
+  LookAhead synchronisation (every `sync_period` steps) is a conditional. On CE's 22M
+  parameters XLA:CPU ran this 3-4x faster than optax's updates + `apply_updates` when the
+  update is compiled alone, about 12% faster inside the whole train step
+  (benchmarks/RESULTS.md, `benchmarks.profile_step`).
   """
   scheduled = callable(learning_rate)  # optax keeps a step count only for a schedule
 
