@@ -73,3 +73,15 @@ def test_same_weights_same_loss_over_seven_training_steps(variant):
                                       spec)
   ours = jax.tree.map(lambda x: x[0], {'params': state.params, 'batch_stats': state.batch_stats})
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), theirs, ours)
+
+
+def test_sort_based_ranks_equal_ours_with_ties_and_masks():
+  from jaxretrieval.metrics import metrics_from_ranks, retrieval_metrics
+  rng = np.random.default_rng(5)
+  n, k = 17, 3
+  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)  # many exact ties
+  masks = (rng.uniform(size=(n, k)) > 0.3).astype(np.float32)
+  masks[:, 0] = 1
+  t2a, a2t = torch_baseline.retrieval_ranks(sims, masks)
+  assert {'t2a': metrics_from_ranks(t2a), 'a2t': metrics_from_ranks(a2t)} == retrieval_metrics(
+      sims, masks)
