@@ -29,6 +29,27 @@ def timed(fn, repeats: int = 5, warmup: int = 1) -> dict:
   return {'median_s': statistics.median(times), 'min_s': min(times), 'repeats': repeats}
 
 
+def alternate(contenders: dict, rounds: int) -> dict[str, dict]:
+  """Times each `contenders[name]()` (blocking) once per round, alternating them round by
+  round, so that a noisy neighbour on a shared machine slows all of them alike. Returns
+  name -> {'median_s', 'min_s', 'rounds'}."""
+  times = {name: [] for name in contenders}
+  for _ in range(rounds):
+    for name, fn in contenders.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: {'median_s': statistics.median(t), 'min_s': min(t), 'rounds': rounds}
+          for name, t in times.items()}
+
+
+def set_threads(threads: int) -> None:
+  """PyTorch's intra-op threads; XLA:CPU runs its ops on one thread per core, so the
+  benchmarks give torch `os.cpu_count()` unless told otherwise."""
+  import torch
+  torch.set_num_threads(threads)
+
+
 def peak_host_memory_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 

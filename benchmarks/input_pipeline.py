@@ -63,7 +63,7 @@ def batches_and_step(dataset: str) -> list[dict]:
   host_s = time.perf_counter() - start
 
   state = train.replicate(run.new_state(config.optimizer.learning_rate))
-  step = run.compile_train_step()
+  step = run.compile_train_step(config.optimizer.learning_rate)
   on_device = list(run.batches(0))  # sharded over the devices, as the loop gets them
   for b in on_device[:2]:
     state, metrics = step(state, b)

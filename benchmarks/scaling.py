@@ -45,7 +45,7 @@ def worker(out: pathlib.Path) -> None:
   data = synthetic_datasets(config, train=config.batch_size * _STEPS.value, val=8, test=8)
   run = train.Run(config, None, data)
   state = train.replicate(run.new_state(config.optimizer.learning_rate))
-  step = run.compile_train_step()
+  step = run.compile_train_step(config.optimizer.learning_rate)
   batches = list(run.batches(0))
   start = time.perf_counter()
   state, metrics = step(state, batches[0])

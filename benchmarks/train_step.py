@@ -1,30 +1,40 @@
-r"""Training-step throughput: CE and MoEE at AudioCaps and CLOTHO shapes, batch 128.
+r"""Training-step throughput against the PyTorch original: CE and MoEE, batch 128.
 
   python -m benchmarks.train_step [--variants=ce,moee] [--datasets=audiocaps,clotho]
-      [--dtypes=float32,bfloat16] [--steps=20] [--data_on_device]
+      [--dtypes=float32,bfloat16] [--steps=5] [--rounds=4] [--threads=N] [--data_on_device]
+      [--nobaseline]
 
 Runs the real pmapped step of jaxretrieval.train over all local devices on random data
-(AudioCaps: text 52, VGGish 10, VGGSound 32 tokens; CLOTHO: 21 / 31 / 95). Reports
-steps/s, clips/s, the step's FLOPs (XLA cost analysis) and achieved FLOP/s (against the
-CPU's peak when on CPU), and peak host and device memory.
+(AudioCaps: text 52, VGGish 10, VGGSound 32 tokens; CLOTHO: 21 / 31 / 95) and, in the same
+process on the same batches, the reference's step in PyTorch (benchmarks/torch_baseline.py:
+forward, max-margin loss, backward, Ranger), alternating `--steps` steps of each for
+`--rounds` rounds so that a noisy neighbour hits both. Reports the median step time of
+each, the ratio original / ours (> 1: ours is faster), the step's FLOPs (XLA cost analysis)
+and achieved FLOP/s, and peak host and device memory. PyTorch runs on `--threads` threads
+(default: every core, as XLA:CPU does).
 """
 
 import functools
-import time
+import os
 
 from absl import app
 from absl import flags
 import jax
 
-from benchmarks.common import (cpu_peak_flops, emit, machine, matmul_flops,
-                               peak_host_memory_gb, synthetic_datasets, table)
+from benchmarks import torch_baseline
+from benchmarks.common import (alternate, cpu_peak_flops, emit, machine, matmul_flops,
+                               peak_host_memory_gb, set_threads, synthetic_datasets, table)
 from configs import common
+from jaxretrieval import input_pipeline
 from jaxretrieval import train
 
 _VARIANTS = flags.DEFINE_list('variants', ['ce', 'moee'], 'model variants')
 _DATASETS = flags.DEFINE_list('datasets', ['audiocaps', 'clotho'], 'shapes of these datasets')
 _DTYPES = flags.DEFINE_list('dtypes', ['float32'], 'compute dtypes (float32, bfloat16)')
-_STEPS = flags.DEFINE_integer('steps', 20, 'timed steps')
+_STEPS = flags.DEFINE_integer('steps', 5, 'steps per timed round')
+_ROUNDS = flags.DEFINE_integer('rounds', 4, 'timed rounds (ours and the baseline alternate)')
+_THREADS = flags.DEFINE_integer('threads', os.cpu_count(), 'PyTorch threads')
+_BASELINE = flags.DEFINE_bool('baseline', True, 'time the PyTorch original alongside')
 _BATCH = flags.DEFINE_integer('batch', 128, 'global batch')
 _ON_DEVICE = flags.DEFINE_bool('data_on_device', False, 'gather batches on the device')
 
@@ -35,20 +45,32 @@ def measure(dataset: str, variant: str, dtype: str) -> dict:
   data = synthetic_datasets(config, train=4 * _BATCH.value, val=8, test=8)
   run = train.Run(config, None, data)
   state = train.replicate(run.new_state(config.optimizer.learning_rate))
-  step = run.compile_train_step()
+  step = run.compile_train_step(config.optimizer.learning_rate)
   batches = list(run.batches(0))
   for batch in batches[:2]:  # compile (and check that a second call does not recompile)
     state, metrics = step(state, batch)
   jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for i in range(_STEPS.value):
-    state, metrics = step(state, batches[i % len(batches)])
-  jax.block_until_ready((state, metrics))
-  seconds = (time.perf_counter() - start) / _STEPS.value
+  box = {'state': state}
+
+  def ours():
+    s = box['state']
+    for i in range(_STEPS.value):
+      s, m = step(s, batches[i % len(batches)])
+    box['state'] = jax.block_until_ready(s)
+
+  contenders = {'ours': ours}
+  if _BASELINE.value:
+    contenders['original'] = _baseline_steps(run, data, config)
+  times = alternate(contenders, _ROUNDS.value)
+  seconds = times['ours']['median_s'] / _STEPS.value
+  state = box['state']
   record = {'benchmark': 'train_step', 'dataset_shapes': dataset, 'variant': variant,
             'dtype': dtype, 'batch': _BATCH.value, 'data_on_device': _ON_DEVICE.value,
             'step_ms': 1000 * seconds, 'steps_per_s': 1 / seconds,
-            'clips_per_s': _BATCH.value / seconds, **machine()}
+            'clips_per_s': _BATCH.value / seconds, 'torch_threads': _THREADS.value, **machine()}
+  if _BASELINE.value:
+    original = times['original']['median_s'] / _STEPS.value
+    record.update(original_step_ms=1000 * original, ratio=original / seconds)
   flops = _step_flops(run, state, batches[0])
   if flops:
     record['gflop_per_step'] = flops / 1e9
@@ -63,6 +85,24 @@ def measure(dataset: str, variant: str, dtype: str) -> dict:
   return record
 
 
+def _baseline_steps(run, data, config):
+  """`--steps` steps of the PyTorch original on this run's training batches (host batches
+  converted once, outside the timing, as the reference's data loader prepares them)."""
+  model = torch_baseline.from_spec(run.spec)
+  optimizer = torch_baseline.Ranger(model.parameters(), lr=config.optimizer.learning_rate,
+                                    weight_decay=config.optimizer.weight_decay)
+  host = input_pipeline.train_batches(run.train, 0, config.seed, config.batch_size)
+  batches = [torch_baseline.batch_from_host(b, data.words) for b in host]
+  for b in batches[:2]:
+    torch_baseline.train_step(model, optimizer, b, config.loss.margin)
+
+  def original():
+    for i in range(_STEPS.value):
+      torch_baseline.train_step(model, optimizer, batches[i % len(batches)], config.loss.margin)
+
+  return original
+
+
 @functools.cache
 def _matmul_peak() -> float:
   return matmul_flops()
@@ -72,9 +112,10 @@ def _step_flops(run, state, batch) -> float | None:
   """FLOPs of one global step (host-gathered batches), summed over devices, from XLA."""
   if run.device_data is not None:
     return None
+  schedule = run.schedule(run.config.optimizer.learning_rate)
   fn = jax.pmap(lambda s, b, t: train.train_step(s, b, t, model=run.model,
                                                  loss_config=run.config.loss,
-                                                 schedule=run.schedule), axis_name=train.AXIS)
+                                                 schedule=schedule), axis_name=train.AXIS)
   cost = fn.lower(state, batch, run.word_table).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = (cost or {}).get('flops')
@@ -83,6 +124,7 @@ def _step_flops(run, state, batch) -> float | None:
 
 def main(argv):
   del argv
+  set_threads(_THREADS.value)
   rows = []
   for dataset in _DATASETS.value:
     for variant in _VARIANTS.value:
@@ -94,8 +136,8 @@ def main(argv):
   if cpu_peak_flops() and jax.default_backend() == 'cpu':
     print(f'; nominal CPU peak at the listed clock: {cpu_peak_flops() / 1e9:.0f} GFLOP/s', end='')
   print()
-  print(table(rows, ['dataset_shapes', 'variant', 'dtype', 'step_ms', 'steps_per_s',
-                     'clips_per_s', 'gflop_per_step', 'achieved_gflops', 'fraction_of_matmul_peak',
+  print(table(rows, ['dataset_shapes', 'variant', 'dtype', 'original_step_ms', 'step_ms',
+                     'ratio', 'clips_per_s', 'gflop_per_step', 'achieved_gflops', 'fraction_of_matmul_peak',
                      'peak_host_memory_gb', 'peak_device_memory_gb']))
 
 

@@ -6,11 +6,13 @@ scored against every item with the mixture-weighted similarity and ranked on dev
 chunks of captions.
 """
 
+import functools
 import json
 import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval.input_pipeline import SplitData, eval_queries
@@ -61,8 +63,14 @@ class Embedder:
     return self._chunks(lambda b: self._audio(variables, b), arrays, len(data))
 
   def captions(self, variables, data: SplitData, rows: np.ndarray, table):
-    arrays = {'text_ids': data.caption_ids[rows], 'text_lengths': data.caption_lengths[rows]}
-    return self._chunks(lambda b: self._text(variables, b, table), arrays, len(rows))
+    """Text embeddings and mixture weights of the caption `rows`. Each distinct caption
+    (token ids and length) goes through the text tower once: absent captions repeat their
+    item's first caption, and the same sentence can describe several items."""
+    keys = np.concatenate([data.caption_ids[rows], data.caption_lengths[rows, None]], axis=1)
+    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
+    arrays = {'text_ids': distinct[:, :-1], 'text_lengths': distinct[:, -1]}
+    out = self._chunks(lambda b: self._text(variables, b, table), arrays, len(distinct))
+    return jax.tree.map(lambda x: x[inverse.reshape(-1)], out)
 
 
 @jax.jit
@@ -72,14 +80,27 @@ def _similarity_rows(text, weights, audio, availability, rows):
                             availability)
 
 
+@functools.partial(jax.jit, static_argnums=4)
+def _ground_truth_scores(text, weights, audio, availability, k: int):
+  """S[r, r // k] for every caption row r: the mixture similarity of each caption with its
+  own item, as a row-wise product (equal to the matrix entries up to rounding)."""
+  own = lambda x: jnp.repeat(x, k, axis=0)
+  avail = own(availability.astype(jnp.float32))  # [Q, M]
+  w = weights.astype(jnp.float32) * avail
+  dots = jnp.stack([jnp.sum(t.astype(jnp.float32) * own(audio[e]).astype(jnp.float32), axis=-1)
+                    for e, t in text.items()], axis=-1)  # [Q, M]
+  return jnp.sum(w * dots, axis=-1) / jnp.sum(w, axis=-1)
+
+
 def split_metrics(text: dict, weights: np.ndarray, audio: dict, availability: np.ndarray,
                   query_masks: np.ndarray) -> dict:
   """t2a and a2t metrics of embedded captions (item-major, `[N * K, ...]`) and items `[N, ...]`,
-  scored on device in query chunks."""
+  scored on device in query chunks, each chunk once."""
   text, weights, audio, availability = jax.device_put((text, weights, audio, availability))
+  targets = _ground_truth_scores(text, weights, audio, availability, query_masks.shape[1])
   return metrics_from_scores(
       lambda rows: _similarity_rows(text, weights, audio, availability, rows),
-      len(availability), query_masks)
+      np.asarray(targets), len(availability), query_masks)
 
 
 def evaluate_split(embedder: Embedder, variables, data: SplitData, num_captions: int,

@@ -4,7 +4,7 @@
 `query_masks` `[N, K]` marks real captions. Ranks are 0-based and tie-averaged: a ground
 truth tied exactly (float equality) with others gets the mean of their sorted positions.
 A rank is a count of higher and of equal scores, so no sort is needed and the matrix can be
-scored chunk by chunk (pools of 20k items and more).
+scored chunk by chunk (pools of 20k items and more), each chunk once for both directions.
 """
 
 import functools
@@ -16,16 +16,52 @@ import numpy as np
 
 # Elements of the [queries, items] matrix scored at once (64 MB of float32).
 _CHUNK_ELEMENTS = 1 << 24
+# Ground-truth scores given up front may differ from the matrix entries by rounding (a
+# matmul's summation order depends on its shape); entries within this distance of one
+# (relative above magnitude 1) are compared exactly after the pass.
+_TOLERANCE = 1e-6
+# Such near-ties fetched per chunk; more (a matrix full of ties) and a2t is counted again
+# against the exact ground truths in a second pass.
+_NEAR_TIES = 4096
 
 ScoreRows = Callable[[jax.Array], jax.Array]  # query rows [C] -> similarities [C, N]
 
 
+def _own_caption(rows: jax.Array, k: int, n: int) -> jax.Array:
+  """`[N, C, K]`: True where chunk row c is item n's own caption k."""
+  return (((rows // k)[None, :, None] == jnp.arange(n)[:, None, None])
+          & ((rows % k)[None, :, None] == jnp.arange(k)[None, None, :]))
+
+
+def _near(sims, rows, k, valid, low, high):
+  """`[N, C, K]`: real rows of other captions scoring within [low, high] of an item's own."""
+  s = sims.T[:, :, None]  # [N, C, 1]
+  near = (s >= low[:, None, :]) & (s <= high[:, None, :]) & valid[None, :, None]
+  return near & ~_own_caption(rows, k, sims.shape[1])
+
+
 @functools.partial(jax.jit, static_argnums=2)
-def _t2a_counts(sims: jax.Array, rows: jax.Array, k: int):
-  """Per query row: the ground truth's score, #items scored higher, #scored equal, finite."""
+def _chunk_counts(sims: jax.Array, rows: jax.Array, k: int, valid: jax.Array, low: jax.Array,
+                  high: jax.Array):
+  """Both directions' counts of one chunk of query rows `[C, N]`.
+
+  t2a, per row: its ground truth's score (exact: read from this chunk), #items scored higher,
+  #scored equal. a2t, per item and own caption with approximate score in [low, high]: #real
+  captions of the chunk scored above `high` (so above the exact own score), and the number
+  of other captions within [low, high], which need an exact comparison. Plus finiteness.
+  """
   target = jnp.take_along_axis(sims, (rows // k)[:, None], axis=1)  # [C, 1]
+  above = jnp.sum((sims.T[:, :, None] > high[:, None, :]) & valid[None, :, None], axis=1)
   return (target[:, 0], jnp.sum(sims > target, axis=1), jnp.sum(sims == target, axis=1),
-          jnp.all(jnp.isfinite(sims)))
+          above, jnp.sum(_near(sims, rows, k, valid, low, high)), jnp.all(jnp.isfinite(sims)))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 6))
+def _near_entries(sims, rows, k, valid, low, high, size: int):
+  """(item, chunk row, own caption) indices and scores of the chunk's near-ties."""
+  item, row, caption = jnp.nonzero(_near(sims, rows, k, valid, low, high), size=size,
+                                   fill_value=0)
+  return item, row, caption, sims[row, item]
 
 
 @jax.jit
@@ -37,14 +73,18 @@ def _a2t_counts(sims: jax.Array, real: jax.Array, own: jax.Array):
   return jnp.sum((s > own) & real, axis=1), jnp.sum((s == own) & real, axis=1)  # [N, K]
 
 
-def retrieval_ranks(score_rows: ScoreRows, num_items: int,
+def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
                     query_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Tie-averaged 0-based ranks: t2a for every real caption, a2t (best own caption) per item.
 
   `score_rows(rows)` gives the similarities `[C, N]` of the query rows `rows` `[C]` (valid
-  indices; the last chunk repeats the final row). It is called twice per chunk with the same
-  rows, first for the ground-truth scores and t2a ranks, then for the a2t counts, so the
-  `[Q, N]` matrix never needs to exist at once; it must return the same values both times.
+  indices; the last chunk repeats the final row); it is called once per chunk, so the
+  `[Q, N]` matrix never needs to exist at once. `targets` `[Q]` are the ground-truth scores
+  `S[r, r // K]` computed up front, equal to the matrix entries up to rounding: t2a reads
+  the exact entries from each chunk, and a2t counts every caption against its item's own
+  scores with them, comparing the few captions within a tolerance exactly once the pass
+  has seen every exact entry. Should a ground truth differ by more, or near-ties abound, a2t
+  is counted again against the exact entries, so the ranks are always those of the matrix.
   """
   n, k = query_masks.shape
   q = n * k
@@ -54,21 +94,50 @@ def retrieval_ranks(score_rows: ScoreRows, num_items: int,
   starts = range(0, q, chunk)
   index = [np.minimum(np.arange(s, s + chunk), q - 1) for s in starts]
   rows = [jnp.asarray(i) for i in index]
-  t2a = [_t2a_counts(score_rows(r), r, k) for r in rows]
-  if not all(bool(c[3]) for c in t2a):
+  valid = [jnp.asarray(real[i] & (np.arange(s, s + chunk) < q)) for s, i in zip(starts, index)]
+  mask = real.reshape(n, k)
+  approx = np.asarray(targets, np.float32).reshape(n, k)
+  tolerance = _TOLERANCE * np.maximum(1.0, np.abs(approx))
+  # Absent captions are no a2t candidates: their window is empty.
+  low = jnp.asarray(np.where(mask, approx - tolerance, np.inf), jnp.float32)
+  high = jnp.asarray(np.where(mask, approx + tolerance, np.inf), jnp.float32)
+  counts, near = [], []
+  for r, v in zip(rows, valid):
+    sims = score_rows(r)
+    counts.append(_chunk_counts(sims, r, k, v, low, high))
+    found = int(counts[-1][4])
+    if 0 < found <= _NEAR_TIES:
+      near.append((found, _near_entries(sims, r, k, v, low, high, _NEAR_TIES)))
+  if not all(bool(c[5]) for c in counts):
     raise ValueError('similarity matrix holds NaN or Inf: an item without any available '
                      'expert, or a diverged model')
-  target, below, equal = (np.concatenate([np.asarray(c[j]) for c in t2a])[:q] for j in range(3))
+  target, below, equal = (np.concatenate([np.asarray(c[j]) for c in counts])[:q]
+                          for j in range(3))
   t2a_ranks = below + (equal - 1) / 2.0
-  own = jnp.asarray(target.reshape(n, k))
-  a2t_below, a2t_equal = np.zeros((n, k), np.int64), np.zeros((n, k), np.int64)
-  for s, i, r in zip(starts, index, rows):
-    valid = jnp.asarray(real[i] & (np.arange(s, s + chunk) < q))
-    b, e = _a2t_counts(score_rows(r), valid, own)
-    a2t_below += np.asarray(b)
-    a2t_equal += np.asarray(e)
-  a2t_ranks = np.where(real.reshape(n, k), a2t_below + (a2t_equal - 1) / 2.0, np.inf)
+  own = target.reshape(n, k)
+  exact_enough = np.all((np.abs(own - approx) <= tolerance / 2)[mask])
+  if exact_enough and all(int(c[4]) <= _NEAR_TIES for c in counts):
+    a2t_below = sum(np.asarray(c[3], np.int64) for c in counts)
+    a2t_equal = np.ones((n, k), np.int64)  # each own caption ties with itself
+    for found, entries in near:
+      item, _, caption, score = (np.asarray(e)[:found] for e in entries)
+      exact = own[item, caption]
+      np.add.at(a2t_below, (item, caption), score > exact)
+      np.add.at(a2t_equal, (item, caption), score == exact)
+  else:
+    a2t_below, a2t_equal = _recount_a2t(score_rows, rows, valid, own)
+  a2t_ranks = np.where(mask, a2t_below + (a2t_equal - 1) / 2.0, np.inf)
   return t2a_ranks[real], a2t_ranks.min(axis=1)
+
+
+def _recount_a2t(score_rows: ScoreRows, rows, valid, own: np.ndarray):
+  """a2t counts against the exact ground-truth scores: a second pass over the chunks."""
+  own = jnp.asarray(own)
+  below, equal = 0, 0
+  for r, v in zip(rows, valid):
+    b, e = _a2t_counts(score_rows(r), v, own)
+    below, equal = below + np.asarray(b, np.int64), equal + np.asarray(e, np.int64)
+  return below, equal
 
 
 def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
@@ -96,12 +165,13 @@ def retrieval_metrics(sims: np.ndarray, query_masks: np.ndarray) -> dict[str, di
   if np.shape(sims) != (n * k, n):
     raise ValueError(f'similarity matrix of shape {np.shape(sims)} does not fit query masks '
                      f'{query_masks.shape}: expected ({n * k}, {n})')
+  targets = np.asarray(sims, np.float32)[np.arange(n * k), np.arange(n * k) // k]
   sims = jnp.asarray(sims, jnp.float32)
-  return metrics_from_scores(lambda rows: sims[rows], n, query_masks)
+  return metrics_from_scores(lambda rows: sims[rows], targets, n, query_masks)
 
 
-def metrics_from_scores(score_rows: ScoreRows, num_items: int,
+def metrics_from_scores(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
                         query_masks: np.ndarray) -> dict[str, dict[str, float]]:
-  """Metrics from query-chunk similarities (see `retrieval_ranks`)."""
-  t2a, a2t = retrieval_ranks(score_rows, num_items, query_masks)
+  """Metrics from query-chunk similarities and ground-truth scores (see `retrieval_ranks`)."""
+  t2a, a2t = retrieval_ranks(score_rows, targets, num_items, query_masks)
   return {'t2a': metrics_from_ranks(t2a), 'a2t': metrics_from_ranks(a2t)}

@@ -32,9 +32,12 @@ def _loop_a2t(sims, masks):
                    for i in range(n)])
 
 
-def _ranks(sims, masks):
+def _ranks(sims, masks, targets=None):
+  n, k = masks.shape
+  if targets is None:
+    targets = sims[np.arange(n * k), np.arange(n * k) // k]
   sims = jnp.asarray(sims)
-  return metrics.retrieval_ranks(lambda rows: sims[rows], masks.shape[0], masks)
+  return metrics.retrieval_ranks(lambda rows: sims[rows], targets, n, masks)
 
 
 def test_golden_example():
@@ -91,3 +94,46 @@ def test_bad_inputs_are_reported():
   bad[2, 1] = np.nan
   with pytest.raises(ValueError, match='NaN'):
     retrieval_metrics(bad, GOLDEN_MASK)
+
+
+def _tied_case(seed, n=23, k=3):
+  rng = np.random.default_rng(seed)
+  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)  # many exact ties
+  masks = (rng.uniform(size=(n, k)) > 0.3).astype(int)
+  masks[:, 0] = 1
+  exact = sims[np.arange(n * k), np.arange(n * k) // k]
+  return sims, masks, exact
+
+
+@pytest.mark.parametrize('ulps', [-3, 0, 2])
+def test_one_pass_with_rounded_ground_truths_is_exact(ulps, monkeypatch):
+  """Up-front ground truths a few ulps off (as a row-wise product is from a matmul) give
+  the matrix's exact ranks, near-ties compared exactly, each chunk scored once."""
+  sims, masks, exact = _tied_case(3)
+  rounded = exact + ulps * np.spacing(np.abs(exact))
+  monkeypatch.setattr(metrics, '_CHUNK_ELEMENTS', 5 * masks.shape[0])  # several chunks
+  calls = []
+  table = jnp.asarray(sims)
+
+  def score_rows(rows):
+    calls.append(1)
+    return table[rows]
+
+  t2a, a2t = metrics.retrieval_ranks(score_rows, rounded, masks.shape[0], masks)
+  chunks = -(-sims.shape[0] // 8)
+  assert len(calls) == chunks  # one pass
+  np.testing.assert_array_equal(t2a, _loop_t2a(sims, masks))
+  np.testing.assert_array_equal(a2t, _loop_a2t(sims, masks))
+
+
+@pytest.mark.parametrize('case', ['ground truth off', 'too many near-ties'])
+def test_second_pass_keeps_ranks_exact(case, monkeypatch):
+  sims, masks, exact = _tied_case(4)
+  targets = exact
+  if case == 'ground truth off':
+    targets = exact + 0.05  # beyond the tolerance: a2t is counted again
+  else:
+    monkeypatch.setattr(metrics, '_NEAR_TIES', 1)
+  t2a, a2t = _ranks(sims, masks, targets)
+  np.testing.assert_array_equal(t2a, _loop_t2a(sims, masks))
+  np.testing.assert_array_equal(a2t, _loop_a2t(sims, masks))

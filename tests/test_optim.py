@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxretrieval.optim import ranger
+from jaxretrieval.optim import ranger, ranger_apply, restart_schedule
 from tests.reference_numpy import ranger_steps
 
 # Parameters after step t of the reference Ranger on loss sum(p^2), p0 = [1, -2, 0.5],
@@ -25,14 +25,18 @@ def _exact_ranger(p, steps):
   return ranger_steps(p, lambda p, t: 2 * p, steps)
 
 
-def _run(dtype, steps=13):
+def _run(dtype, steps=13, fused=False):
   p = jnp.asarray([1.0, -2.0, 0.5], dtype)
   opt = ranger(0.01, 1e-3)
+  apply = ranger_apply(0.01, 1e-3)
   state = opt.init(p)
   trace = {}
   for t in range(1, steps + 1):
-    updates, state = opt.update(2 * p, state, p)
-    p = optax.apply_updates(p, updates)
+    if fused:
+      p, state = apply(p, 2 * p, state)
+    else:
+      updates, state = opt.update(2 * p, state, p)
+      p = optax.apply_updates(p, updates)
     trace[t] = np.asarray(p, np.float64)
   return trace
 
@@ -44,9 +48,10 @@ def x64():
   jax.config.update('jax_enable_x64', False)
 
 
-def test_float64_matches_exact_computation_and_golden_trace(x64):
+@pytest.mark.parametrize('fused', [False, True])
+def test_float64_matches_exact_computation_and_golden_trace(x64, fused):
   del x64
-  ours, exact = _run(jnp.float64, 40), _exact_ranger([1.0, -2.0, 0.5], 40)
+  ours, exact = _run(jnp.float64, 40, fused), _exact_ranger([1.0, -2.0, 0.5], 40)
   for t in exact:
     np.testing.assert_allclose(ours[t], exact[t], rtol=0, atol=1e-12)
   for t, want in GOLDEN.items():
@@ -54,8 +59,9 @@ def test_float64_matches_exact_computation_and_golden_trace(x64):
     np.testing.assert_allclose(ours[t], want, rtol=1.2e-7, atol=0)
 
 
-def test_float32_follows_golden_trace():
-  ours = _run(jnp.float32)
+@pytest.mark.parametrize('fused', [False, True])
+def test_float32_follows_golden_trace(fused):
+  ours = _run(jnp.float32, fused=fused)
   for t, want in GOLDEN.items():
     np.testing.assert_allclose(ours[t], want, rtol=0, atol=3e-7)
 
@@ -66,3 +72,23 @@ def test_first_five_steps_are_momentum_then_adaptive():
   np.testing.assert_allclose(ours[1], np.array([1.0, -2.0, 0.5]) * (1 - 1e-5) - 0.01 * 2 *
                              np.array([1.0, -2.0, 0.5]), atol=1e-7)
   np.testing.assert_allclose(ours[7], exact[7], atol=3e-7)
+
+
+def test_fused_apply_equals_the_optax_chain_on_a_tree_with_a_schedule():
+  """Same parameters and the same state (moments, slow weights, counts) after 13 steps."""
+  schedule = lambda count: 0.01 * 0.5 ** (count // 4)
+  rng = np.random.default_rng(0)
+  params = {'a': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+            'b': {'c': jnp.asarray(rng.normal(size=5), jnp.float32)}}
+  opt, apply = ranger(schedule, 1e-3), ranger_apply(schedule, 1e-3)
+  p1, s1 = params, opt.init(params)
+  p2, s2 = params, opt.init(params)
+  for t in range(13):
+    grads = jax.tree.map(lambda x: jnp.sin(x * (t + 1)), p1)
+    updates, s1 = opt.update(grads, s1, p1)
+    p1 = optax.apply_updates(p1, updates)
+    p2, s2 = apply(p2, jax.tree.map(lambda x: jnp.sin(x * (t + 1)), p2), s2)
+  assert jax.tree.structure(s1) == jax.tree.structure(s2)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-7), (p1, s1),
+               (p2, s2))
+  assert int(restart_schedule(s2, opt.init(params)).inner[-1].count) == 0

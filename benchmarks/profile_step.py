@@ -1,0 +1,112 @@
+r"""Where a training step's time goes: forward, backward and the optimizer update, measured
+by timing the step's parts as separate pmapped programs (alternating, same batches).
+
+  python -m benchmarks.profile_step [--variant=ce] [--dataset=clotho] [--rounds=5]
+      [--xla_profile_dir=DIR]
+
+Parts: `forward` (embeddings and loss, training-mode BatchNorm), `forward+backward` (loss
+and gradients, the gradient all-reduce), and `step` (that plus the Ranger update and the new
+state); backward = forward+backward - forward, optimizer = step - forward+backward. Also
+`step, fused Ranger`: the same step with `optim.ranger_apply` (one fused update writing the
+parameters) in place of optax's updates and `apply_gradients`. With
+`--xla_profile_dir` a jax.profiler trace of a few steps is written there as well (open it
+with TensorBoard's profile plugin or Perfetto) for a per-op breakdown.
+"""
+
+import functools
+
+from absl import app
+from absl import flags
+import jax
+
+from benchmarks.common import alternate, emit, machine, synthetic_datasets, table
+from configs import common
+from jaxretrieval import optim
+from jaxretrieval import train
+
+_VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')
+_DATASET = flags.DEFINE_enum('dataset', 'clotho', ['clotho', 'audiocaps'], 'shapes')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'timed rounds')
+_STEPS = flags.DEFINE_integer('steps', 3, 'calls per round')
+_PROFILE_DIR = flags.DEFINE_string('xla_profile_dir', None, 'write a jax.profiler trace here')
+
+
+def main(argv):
+  del argv
+  config = common.experiment(_DATASET.value, _VARIANT.value, ('vggish', 'vggsound'))
+  run = train.Run(config, None, synthetic_datasets(config, train=256, val=8, test=8))
+  state = train.replicate(run.new_state(config.optimizer.learning_rate))
+  batches = list(run.batches(0))
+  step = run.compile_train_step(config.optimizer.learning_rate)
+  kw = dict(model=run.model, loss_config=config.loss)
+
+  def forward(s, b, t):
+    inputs = train.model_inputs(b, t)
+    (text, weights, audio), _ = run.model.apply(
+        {'params': s.params, 'batch_stats': s.batch_stats}, inputs, train=True,
+        mutable=['batch_stats'], method=run.model.embed)
+    return train.contrastive_loss(s.params, config.loss, text, weights, audio,
+                                  b['availability'], b['row_mask'] > 0)
+
+  parts = {
+      'forward': jax.pmap(forward, axis_name=train.AXIS),
+      'forward+backward': jax.pmap(
+          lambda s, b, t: train.loss_and_grads(s.params, s.batch_stats, b, t, **kw),
+          axis_name=train.AXIS),
+  }
+  apply = optim.ranger_apply(run.schedule(config.optimizer.learning_rate),
+                             config.optimizer.weight_decay)
+
+  def fused_step(s, b, t):
+    _, grads, stats = train.loss_and_grads(s.params, s.batch_stats, b, t, **kw)
+    params, opt_state = apply(s.params, grads, s.opt_state)
+    return s.replace(step=s.step + 1, params=params, opt_state=opt_state, batch_stats=stats)
+
+  p_fused = jax.pmap(fused_step, axis_name=train.AXIS, donate_argnums=(0,))
+  box = {'state': step(state, batches[0])[0]}
+  fused_box = {'state': p_fused(train.replicate(run.new_state(config.optimizer.learning_rate)),
+                                batches[0], run.word_table)}
+
+  def timed_part(fn):
+    def go():
+      for i in range(_STEPS.value):
+        out = fn(box['state'], batches[i % len(batches)], run.word_table)
+      jax.block_until_ready(out)
+    return go
+
+  def whole():
+    s = box['state']
+    for i in range(_STEPS.value):
+      s, _ = step(s, batches[i % len(batches)])
+    box['state'] = jax.block_until_ready(s)
+
+  def fused():
+    s = fused_box['state']
+    for i in range(_STEPS.value):
+      s = p_fused(s, batches[i % len(batches)], run.word_table)
+    fused_box['state'] = jax.block_until_ready(s)
+
+  contenders = {name: timed_part(fn) for name, fn in parts.items()}
+  contenders['step'] = whole
+  contenders['fused'] = fused
+  for fn in contenders.values():
+    fn()  # compile
+  times = {k: v['median_s'] / _STEPS.value * 1000 for k, v in
+           alternate(contenders, _ROUNDS.value).items()}
+  record = {'benchmark': 'profile_step', 'dataset_shapes': _DATASET.value,
+            'variant': _VARIANT.value, 'forward_ms': times['forward'],
+            'backward_ms': times['forward+backward'] - times['forward'],
+            'optimizer_ms': times['step'] - times['forward+backward'],
+            'step_ms': times['step'], 'fused_optimizer_ms': times['fused'] - times['forward+backward'],
+            'step_fused_ranger_ms': times['fused'], **machine()}
+  emit(record)
+  print(table([record], ['dataset_shapes', 'variant', 'forward_ms', 'backward_ms',
+                         'optimizer_ms', 'step_ms', 'fused_optimizer_ms',
+                         'step_fused_ranger_ms']))
+  if _PROFILE_DIR.value:
+    with jax.profiler.trace(_PROFILE_DIR.value):
+      whole()
+
+
+if __name__ == '__main__':
+  app.run(main)

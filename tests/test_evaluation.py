@@ -1,0 +1,52 @@
+"""Evaluation: the text tower runs once per distinct caption, and one-pass chunked metrics
+equal those of the whole similarity matrix."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxretrieval.evaluation import Embedder, split_metrics
+from jaxretrieval.experts import model_experts
+from jaxretrieval.input_pipeline import SplitData, eval_queries
+from jaxretrieval.metrics import retrieval_metrics
+from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
+
+
+def _split(n=6, captions=3, tokens=4, seed=0):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(1, 50, (n * captions, tokens)).astype(np.int32)
+  ids[4] = ids[10]  # the same sentence for two items
+  count = np.full(n, captions)
+  count[1] = 1  # an item with one caption: its absent ones repeat it, masked
+  return SplitData('test', [f'i{i}' for i in range(n)], [''] * n,
+                   {'vggish': rng.normal(size=(n, 5, 128)).astype(np.float32)},
+                   {'vggish': np.full(n, 5, np.int32)}, np.ones((n, 1), np.float32), ids,
+                   np.full(n * captions, tokens, np.int32), np.arange(n) * captions, count,
+                   [''] * (n * captions))
+
+
+def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
+  spec = ModelSpec('mimic', model_experts(['vggish'], 4), text_clusters=3, shared_dim=16)
+  model = RetrievalModel(spec)
+  data = _split()
+  table = jnp.asarray(np.random.default_rng(1).normal(size=(50, 300)), jnp.float32)
+  sample = {'experts': {'vggish': jnp.zeros((2, 5, 128))}, 'availability': jnp.ones((2, 1)),
+            'text': jnp.zeros((2, 4, 300))}
+  variables = model.init(jax.random.key(0), sample, train=False)
+  embedder = Embedder(model, chunk=8)
+  seen = []
+  text_fn = embedder._text
+  embedder._text = lambda v, b, t: (seen.append(b['text_ids'].shape), text_fn(v, b, t))[1]
+  rows, masks = eval_queries(data, 3)
+  replicated = jax.tree.map(lambda x: x[None], (variables, table))
+  text, weights = embedder.captions(replicated[0], data, rows, replicated[1])
+  # 18 caption slots: 16 distinct sentences (two absent slots, one shared sentence).
+  assert sum(s[0] * s[1] for s in seen) == 16
+  direct, direct_weights = model.apply(variables, table[data.caption_ids[rows]], False,
+                                       method=RetrievalModel.encode_text)
+  np.testing.assert_allclose(text['vggish'], direct['vggish'], atol=1e-6)
+  np.testing.assert_allclose(weights, direct_weights, atol=1e-6)
+  audio = embedder.items(replicated[0], data)
+  got = split_metrics(text, weights, audio, data.availability, masks)
+  sims = mixture_similarity(text, weights, audio, data.availability)
+  assert got == retrieval_metrics(np.asarray(sims), masks)
