@@ -33,7 +33,6 @@ from absl import flags
 import numpy as np
 
 from jaxretrieval.features import experts as own_experts
-from jaxretrieval.features import pipeline
 from jaxretrieval.features import pretrained
 from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
 from jaxretrieval.features.release_writer import (Item, item_id, replace_folder, write_items,
@@ -76,7 +75,7 @@ _RUNNER = flags.DEFINE_string('runner', 'DirectRunner', 'Beam runner: DirectRunn
 _BEAM_OPTIONS = flags.DEFINE_string('beam_pipeline_options', '',
                                     'more Beam options, as command-line flags in one string')
 _SHARDS = flags.DEFINE_integer('shards', 0, 'with --beam: shards per table (0: one per '
-                               f'{pipeline.FILES_PER_SHARD} files)', lower_bound=0)
+                               'pipeline.FILES_PER_SHARD files)', lower_bound=0)
 
 SPLITS = ('train', 'val', 'test')
 
@@ -216,12 +215,13 @@ def main(argv):
   dims = {e: ALL_EXPERTS[e] for e in experts}
   try:
     if _BEAM.value:
+      # Imported here: Beam's import is slow and the default path does not need it.
+      from jaxretrieval.features import pipeline  # pylint: disable=g-import-not-at-top
       weights = {'vggish_checkpoint': _VGGISH.value, 'vggish_pca': _VGGISH_PCA.value,
                  'vggsound_checkpoint': _VGGSOUND.value}
-      shards = _SHARDS.value or -(-len(ids) // pipeline.FILES_PER_SHARD)
       records, failed = pipeline.extract(
           ids, audio_dir, built, experts, options, weights, captions, _WORD_VECTORS.value,
-          shards, _RUNNER.value, _BEAM_OPTIONS.value, _WORKERS.value, max(1, _CHUNK.value))
+          _SHARDS.value, _RUNNER.value, _BEAM_OPTIONS.value, _WORKERS.value, max(1, _CHUNK.value))
       for item, reason in failed:
         print(f'cannot read {one_line(reason)}', file=sys.stderr)
     else:

@@ -122,11 +122,13 @@ def pipeline_options(runner: str, extra: str, workers: int) -> PipelineOptions:
 def extract(ids: list[str], audio_dir: pathlib.Path, root: pathlib.Path, experts, options,
             weights: dict, captions: dict, word_vectors: str | None, shards: int, runner: str,
             extra_options: str, workers: int, chunk: int):
-  """Runs the pipeline, writing the shards of every per-item table under `root`.
+  """Runs the pipeline, writing every per-item table under `root` in `shards` shards (0:
+  one per FILES_PER_SHARD files).
 
   Returns (records, failed): for each written item in the order of `ids`, (id, audio file,
   experts it has); and (id, reason) for each file that could not be read.
   """
+  shards = shards or -(-len(ids) // FILES_PER_SHARD)
   root.mkdir(parents=True, exist_ok=True)
   ids_file = root / IDS_FILE
   ids_file.write_text(''.join(f'{k}\t{i}\n' for k, i in enumerate(ids)), encoding='utf-8')

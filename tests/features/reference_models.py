@@ -183,7 +183,8 @@ class OfficialVGGish:
 
   def save(self, path) -> None:
     """A TF checkpoint like `vggish_model.ckpt`."""
-    self.saver.save(self.session, str(path), write_meta_graph=False)
+    with self.graph.as_default():
+      self.saver.save(self.session, str(path), write_meta_graph=False)
 
   def close(self) -> None:
     self.session.close()
