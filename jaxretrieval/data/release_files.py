@@ -11,6 +11,7 @@ import _compat_pickle
 import ast
 import pathlib
 import pickle
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -158,6 +159,48 @@ def load_feature_file(path: pathlib.Path) -> Mapping:
   if path.suffix in ('.pkl', '.pickle'):
     return load_pickle(path)
   raise ReleaseFileError(f'{path}: unknown release file type {path.suffix!r}')
+
+
+def shard_name(path: pathlib.Path, shard: int, count: int) -> pathlib.Path:
+  """`STEM-SSSSS-of-NNNNN.SUFFIX`: shard `shard` of the `count` files that stand for `path`
+  (a sharded writer such as the Beam feature pipeline)."""
+  return path.with_name(f'{path.stem}-{shard:05d}-of-{count:05d}{path.suffix}')
+
+
+def find_shards(path: pathlib.Path) -> list[pathlib.Path]:
+  """The complete set of shards standing for `path`, or [] when there is none; a set with
+  a shard missing, or shards of two different counts, raises ReleaseFileError."""
+  pattern = re.compile(re.escape(path.stem) + r'-(\d{5})-of-(\d{5})' + re.escape(path.suffix))
+  found = {}
+  if path.parent.is_dir():
+    for p in path.parent.iterdir():
+      match = pattern.fullmatch(p.name)
+      if match:
+        found[p] = (int(match[1]), int(match[2]))
+  counts = {n for _, n in found.values()}
+  if len(counts) > 1:
+    raise ReleaseFileError(f'{path}: shards of {len(counts)} different runs ({sorted(counts)} '
+                           'shards) side by side; remove the older ones')
+  if not found:
+    return []
+  count = counts.pop()
+  absent = sorted(set(range(count)) - {k for k, _ in found.values()})
+  if absent:
+    raise ReleaseFileError(f'{shard_name(path, absent[0], count)}: missing ({len(absent)} of '
+                           f'{count} shards absent); run the extraction again')
+  return sorted(found, key=lambda p: found[p][0])
+
+
+def load_shards(paths: list[pathlib.Path]) -> dict:
+  """One mapping of the items of every shard; an item in two shards raises."""
+  merged, origin = {}, {}
+  for path in paths:
+    for key, value in load_feature_file(path).items():
+      if key in merged:
+        raise ReleaseFileError(f'item {key} is in both {origin[key]} and {path}; remove the '
+                               'shards of the older run')
+      merged[key], origin[key] = value, path
+  return merged
 
 
 def read_split_list(path: pathlib.Path) -> list[str]:

@@ -28,8 +28,8 @@ from absl import logging
 import numpy as np
 
 from jaxretrieval.data.release_files import (ReleaseFileError, UnexpectedPickleContent,
-                                             caption_text, is_missing, load_feature_file,
-                                             read_split_list)
+                                             caption_text, find_shards, is_missing,
+                                             load_feature_file, load_shards, read_split_list)
 from jaxretrieval.features.experts import DIMS as EXPERT_DIMS
 
 URL = ('http://www.robots.ox.ac.uk/~vgg/research/collaborative-experts/data/features-v2/'
@@ -223,9 +223,13 @@ class ReleaseReader:
 
   def _load(self, relative: str) -> Any:
     if relative not in self._cache:
-      path = self._path(relative)
+      whole = (self.root / relative).is_file()
+      shards = [] if whole else find_shards(self.root / relative)  # one file in shards
+      path = shards[0].parent if shards else self._path(relative)
       try:
-        self._cache[relative] = load_feature_file(path)
+        self._cache[relative] = load_shards(shards) if shards else load_feature_file(path)
+      except ReleaseFileError as e:
+        raise ReleaseFileError(f'{self.dataset}: {relative}: {e}') from e
       except UnexpectedPickleContent as e:
         raise ReleaseFileError(f'{self.dataset}: {relative} ({path}): {e}') from e
       except Exception as e:  # h5py, pickle and EOF errors of truncated downloads

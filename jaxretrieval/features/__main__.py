@@ -3,7 +3,8 @@ r"""Computes audio experts for a folder of audio files and writes the release la
   python -m jaxretrieval.features --audio_dir DIR --out OUT \
       [--experts vggish,vggsound --vggish_checkpoint vggish_model.ckpt \
        --vggish_pca vggish_pca_params.npz --vggsound_checkpoint H.pth.tar] \
-      [--captions captions.csv --word_vectors VECTORS]
+      [--captions captions.csv --word_vectors VECTORS] \
+      [--beam [--runner DirectRunner] [--beam_pipeline_options "..."] [--shards N]]
 
 Experts: `logmel`, `spectral` (this project's, the default) and the paper's `vggish` and
 `vggsound` (published weights, see `vggish.py`, `vggsound.py`), under the names the released
@@ -11,7 +12,9 @@ models' configs use. Every readable file is in `all_list.txt`; with captions (CS
 `file,caption[,split]`, one row per caption, `file` relative to DIR) the captioned files also
 form `train/val/test` lists, from the `split` column or a seeded split. Unreadable files are
 reported by name (also in OUT/failed_files.txt) and the rest are processed. OUT is written
-in a temporary folder beside it and renamed into place when complete.
+in a temporary folder beside it and renamed into place when complete. By default this
+process decodes with `--workers` processes and runs the networks itself; `--beam` runs the
+same steps as an Apache Beam pipeline (`pipeline.py`) on the DirectRunner or a cluster.
 """
 
 import collections
@@ -32,7 +35,8 @@ import numpy as np
 from jaxretrieval.features import experts as own_experts
 from jaxretrieval.features import pretrained
 from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
-from jaxretrieval.features.release_writer import Item, item_id, replace_folder, write_release
+from jaxretrieval.features.release_writer import (Item, item_id, replace_folder, write_items,
+                                                  write_tables)
 from jaxretrieval.text import WordVectors
 
 ALL_EXPERTS = {**own_experts.DIMS, **pretrained.PRETRAINED}
@@ -63,6 +67,15 @@ _TEST = flags.DEFINE_float('test_fraction', 0.1, 'without a split column: share 
 _SEED = flags.DEFINE_integer('seed', 0, 'seed of the split')
 _WORKERS = flags.DEFINE_integer('workers', os.cpu_count() or 1, 'decoding processes')
 _CHUNK = flags.DEFINE_integer('chunk', 64, 'files decoded between two network passes')
+_BEAM = flags.DEFINE_bool('beam', False, 'run as an Apache Beam pipeline (see pipeline.py), '
+                          'writing the per-item tables in --shards shards')
+_RUNNER = flags.DEFINE_string('runner', 'DirectRunner', 'Beam runner: DirectRunner (this '
+                              'machine, --workers processes), FlinkRunner, SparkRunner, '
+                              'DataflowRunner, ...')
+_BEAM_OPTIONS = flags.DEFINE_string('beam_pipeline_options', '',
+                                    'more Beam options, as command-line flags in one string')
+_SHARDS = flags.DEFINE_integer('shards', 0, 'with --beam: shards per table (0: one per '
+                               'pipeline.FILES_PER_SHARD files)', lower_bound=0)
 
 SPLITS = ('train', 'val', 'test')
 
@@ -143,13 +156,9 @@ def extract_all(files, ids, experts, options, runners, captions, workers, chunk)
           reason = one_line(error.replace(str(paths[k]), names[k]))
           failed.append((names[k], reason))
           print(f'cannot read {reason}', file=sys.stderr)
-      computed = {e: run([results[k][0][e] for k in ok]) for e, run in runners.items()}
-      for j, k in enumerate(ok):
-        features = {e: v for e, v in results[k][0].items() if e in own_experts.DIMS}
-        for e in runners:
-          if computed[e][j] is not None:  # None: too short for this expert (stays missing)
-            features[e] = computed[e][j]
-        items.append(Item(names[k], features, captions.get(names[k], []), paths[k]))
+      computed = pretrained.features([results[k][0] for k in ok], runners)
+      for k, clip in zip(ok, computed):
+        items.append(Item(names[k], clip, captions.get(names[k], []), paths[k]))
       clips += len(ok)
       done, elapsed = first + len(paths), time.time() - start
       print(f'{done}/{len(files)} files, {clips / elapsed:.1f} clips/s, '
@@ -201,27 +210,42 @@ def main(argv):
   if unmatched:
     print(f'captions name {len(unmatched)} file(s) not found under {audio_dir}: '
           f'{", ".join(unmatched[:10])}', file=sys.stderr)
-  items, failed = extract_all(files, ids, experts, options, runners, captions,
-                              _WORKERS.value, max(1, _CHUNK.value))
-  if not items:
-    sys.exit(f'none of the {len(files)} files could be read')
-  kept = [it.id for it in items]
-  splits = {'all': kept}
-  if captions:
-    splits.update(assign_splits([i for i in kept if i in captions], given, _VAL.value,
-                                _TEST.value, _SEED.value))
   out.parent.mkdir(parents=True, exist_ok=True)
   built = out.with_name(f'.{out.name}.tmp-{os.getpid()}')
+  dims = {e: ALL_EXPERTS[e] for e in experts}
   try:
-    write_release(built, items, splits, words, {e: ALL_EXPERTS[e] for e in experts})
-    (built / 'failed_files.txt').write_text(''.join(f'{i}\t{r}\n' for i, r in failed),
-                                            encoding='utf-8')
+    if _BEAM.value:
+      # Imported here: Beam's import is slow and the default path does not need it.
+      from jaxretrieval.features import pipeline  # pylint: disable=g-import-not-at-top
+      weights = {'vggish_checkpoint': _VGGISH.value, 'vggish_pca': _VGGISH_PCA.value,
+                 'vggsound_checkpoint': _VGGSOUND.value}
+      records, failed = pipeline.extract(
+          ids, audio_dir, built, experts, options, weights, captions, _WORD_VECTORS.value,
+          _SHARDS.value, _RUNNER.value, _BEAM_OPTIONS.value, _WORKERS.value, max(1, _CHUNK.value))
+      for item, reason in failed:
+        print(f'cannot read {one_line(reason)}', file=sys.stderr)
+    else:
+      items, failed = extract_all(files, ids, experts, options, runners, captions,
+                                  _WORKERS.value, max(1, _CHUNK.value))
+      write_items(built, items, dims, words, any(it.captions for it in items))
+      records = [(it.id, it.audio_file, tuple(it.experts)) for it in items]
+    if not records:
+      sys.exit(f'none of the {len(files)} files could be read')
+    kept = [item for item, _, _ in records]
+    splits = {'all': kept}
+    if captions:
+      splits.update(assign_splits([i for i in kept if i in captions], given, _VAL.value,
+                                  _TEST.value, _SEED.value))
+    missing = {e: sum(e not in has for _, _, has in records) for e in experts}
+    write_tables(built, splits, dims, {e for e, n in missing.items() if n},
+                 {item: audio for item, audio, _ in records}, words)
+    (built / 'failed_files.txt').write_text(
+        ''.join(f'{i}\t{one_line(r)}\n' for i, r in failed), encoding='utf-8')
     replace_folder(built, out)
   finally:
     if built.exists():
       shutil.rmtree(built)
-  missing = {e: sum(e not in it.experts for it in items) for e in experts}
-  print(f'wrote {len(items)} items to {out} ({len(failed)} unreadable, listed in '
+  print(f'wrote {len(records)} items to {out} ({len(failed)} unreadable, listed in '
         f'{out / "failed_files.txt"}); splits: '
         + ', '.join(f'{s} {len(v)}' for s, v in splits.items())
         + ''.join(f'; {n} too short for {e}' for e, n in missing.items() if n))

@@ -58,6 +58,19 @@ def prepare_file(path, experts, options: Options):
     return None, str(e)
 
 
+def features(prepared: list[dict[str, np.ndarray]], runners: dict) -> list[dict[str, np.ndarray]]:
+  """Every expert of each clip from `prepare_file`'s output: the own experts as computed,
+  the pretrained ones run through `runners` in batches. An expert a clip is too short for
+  is left out (the clip is missing it, as in the releases)."""
+  computed = {e: run([p[e] for p in prepared]) for e, run in runners.items()}
+  out = []
+  for j, p in enumerate(prepared):
+    clip = {e: v for e, v in p.items() if e in own_experts.DIMS}
+    clip.update({e: computed[e][j] for e in runners if computed[e][j] is not None})
+    out.append(clip)
+  return out
+
+
 def _rows(n: int, most: int) -> int:
   """Batch rows for `n` items: a power of two up to `most`, so a few shapes are compiled."""
   return min(most, 1 << max(0, n - 1).bit_length())

@@ -4,7 +4,9 @@ Layout (a structured-symlinks folder): `<split>_list.txt`, `aggregated_<expert>/
 (id -> `[T, D]`), `structured-symlinks/raw-captions.pkl` (id -> list of token lists),
 `text_embeddings/w2v.pkl` (id -> list of `[tokens, 300]`), `audio_files.json` (id -> audio
 file, relative to the folder when inside it), `experts.json` (expert -> width and whether
-items may lack it) and `word_vectors.npz` (the table used).
+items may lack it) and `word_vectors.npz` (the table used). The per-item tables (features,
+captions, word vectors) may be written in shards, `NAME-SSSSS-of-NNNNN.pkl` (the Beam
+pipeline, `pipeline.py`): the release reader joins them into one table.
 
 Item ids are the files' paths relative to the audio folder, escaped (`item_id`) so that the
 line-based split lists round-trip any file name: `%`, characters that are not printable
@@ -21,6 +23,7 @@ import urllib.parse
 
 import numpy as np
 
+from jaxretrieval.data.release_files import shard_name
 from jaxretrieval.data.releases import ExpertFile, Release, computed_release
 from jaxretrieval.text import WordVectors, tokenize
 
@@ -70,6 +73,52 @@ def caption_vectors(captions: list[str], words: WordVectors) -> list[np.ndarray]
   return out
 
 
+def write_items(root: pathlib.Path, items: list[Item], experts, words: WordVectors | None,
+                with_captions: bool, shard: tuple[int, int] | None = None) -> None:
+  """The per-item tables of `items`: each expert's features and, `with_captions`, the
+  captions and their word vectors (which need `words`). With `shard=(k, n)` each table is
+  written as shard k of n (`release_files.shard_name`), which the reader joins."""
+  def dump(relative: str, value) -> None:
+    path = root / relative
+    _dump(shard_name(path, *shard) if shard else path, value)
+
+  for expert in experts:
+    dump(f'aggregated_{expert}/{expert}-raw.pkl',
+         {it.id: it.experts[expert] for it in items if expert in it.experts})
+  if with_captions:
+    captioned = [it for it in items if it.captions]
+    if captioned and words is None:
+      raise ValueError('captions need a word-vector table')
+    dump('structured-symlinks/raw-captions.pkl',
+         {it.id: [tokenize(c) for c in it.captions] for it in captioned})
+    dump('text_embeddings/w2v.pkl', {it.id: caption_vectors(it.captions, words)
+                                     for it in captioned})
+
+
+def write_tables(root: pathlib.Path, splits: dict[str, list[str]], experts: dict[str, int],
+                 may_be_missing: set[str], audio_files: dict[str, pathlib.Path],
+                 words: WordVectors | None) -> None:
+  """The collection-wide files: split lists, `experts.json` (`may_be_missing`: experts
+  some item lacks), `audio_files.json` and `word_vectors.npz`."""
+  root.mkdir(parents=True, exist_ok=True)
+  for split, ids in splits.items():
+    bad = [i for i in ids if i != item_id(i) and i != item_id(relative_path(i))]
+    if bad:
+      raise ValueError(f'id {bad[0]!r} would not survive a line-based list; use item_id()')
+    (root / f'{split}_list.txt').write_text(''.join(f'{i}\n' for i in ids), encoding='utf-8')
+  manifest = {e: {'dim': int(d), 'may_be_missing': e in may_be_missing}
+              for e, d in experts.items()}
+  (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
+  if words is not None:
+    words.save(root / 'word_vectors.npz')
+  audio = {}
+  for item, file in audio_files.items():
+    path = pathlib.Path(file).absolute()
+    inside = path.is_relative_to(root.absolute())
+    audio[item] = os.path.relpath(path, root.absolute()) if inside else str(path)
+  (root / 'audio_files.json').write_text(json.dumps(audio, indent=0))
+
+
 def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[str]],
                   words: WordVectors | None, experts: dict[str, int] | None = None) -> None:
   """Writes every file of the layout; captions need `words`.
@@ -77,38 +126,11 @@ def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[
   `experts` (name -> width; default: those of the first item) may include experts that some
   items lack (`Item.experts` without the key): those are marked as possibly missing.
   """
-  root.mkdir(parents=True, exist_ok=True)
   if experts is None:
     experts = {e: a.shape[-1] for e, a in (items[0].experts.items() if items else ())}
-  for split, ids in splits.items():
-    bad = [i for i in ids if i != item_id(i) and i != item_id(relative_path(i))]
-    if bad:
-      raise ValueError(f'id {bad[0]!r} would not survive a line-based list; use item_id()')
-    (root / f'{split}_list.txt').write_text(''.join(f'{i}\n' for i in ids), encoding='utf-8')
-  manifest = {}
-  for expert, dim in experts.items():
-    _dump(root / f'aggregated_{expert}' / f'{expert}-raw.pkl',
-          {it.id: it.experts[expert] for it in items if expert in it.experts})
-    manifest[expert] = {'dim': int(dim),
-                        'may_be_missing': any(expert not in it.experts for it in items)}
-  (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
-  captioned = [it for it in items if it.captions]
-  if captioned:
-    if words is None:
-      raise ValueError('captions need a word-vector table')
-    _dump(root / 'structured-symlinks' / 'raw-captions.pkl',
-          {it.id: [tokenize(c) for c in it.captions] for it in captioned})
-    _dump(root / 'text_embeddings' / 'w2v.pkl',
-          {it.id: caption_vectors(it.captions, words) for it in captioned})
-  if words is not None:
-    words.save(root / 'word_vectors.npz')
-  audio = {}
-  for it in items:
-    if it.audio_file is not None:
-      path = pathlib.Path(it.audio_file).absolute()
-      inside = path.is_relative_to(root.absolute())
-      audio[it.id] = os.path.relpath(path, root.absolute()) if inside else str(path)
-  (root / 'audio_files.json').write_text(json.dumps(audio, indent=0))
+  write_tables(root, splits, experts, {e for e in experts for it in items if e not in it.experts},
+               {it.id: it.audio_file for it in items if it.audio_file is not None}, words)
+  write_items(root, items, experts, words, any(it.captions for it in items))
 
 
 def folder_release(root: pathlib.Path, splits, default_dims: dict[str, int]) -> Release:

@@ -2,9 +2,11 @@
 
 * `torch_resnet18`: VGGSound's model H as hche11/VGGSound builds it (`AVENet.audnet`, a
   torchvision-style ResNet-18 with one input channel and 309 classes), in PyTorch.
-* `write_tf_vggish`: the official VGGish graph (slim variable names under `vggish/`) built with
-  TensorFlow ops, saved as a TF checkpoint like `vggish_model.ckpt`, and run on examples.
+* `OfficialVGGish`: the official VGGish graph (slim variable names under `vggish/`) built
+  with TensorFlow ops in a session; `write_tf_vggish` saves one as a TF checkpoint like
+  `vggish_model.ckpt` and runs it on examples.
 * `torch_vggish`: the torchvggish package's VGG stack (`features.*`, `embeddings.*`).
+* `official_wavfile_examples`: the official VGGish frontend (`vggish_input.py`).
 """
 
 import numpy as np
@@ -97,42 +99,103 @@ def run_torch_vggish(model, examples: np.ndarray) -> np.ndarray:
     return model.embeddings(x).numpy()
 
 
+def official_examples(x: np.ndarray) -> np.ndarray:
+  """`vggish_input.waveform_to_examples` after resampling, written out from its definition
+  (`mel_features.py`): 25/10 ms |STFT| (periodic Hann, 512 bins), HTK-mel 64 x 125-7500 Hz
+  without the DC bin, log(+0.01), 96-frame examples; `x` is 16 kHz mono float64."""
+  n = 1 + (len(x) - 400) // 160 if len(x) >= 400 else 0
+  frames = np.stack([x[i * 160:i * 160 + 400] for i in range(n)]) if n else np.zeros((0, 400))
+  hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+  spec = np.abs(np.fft.rfft(frames * hann, 512))
+  to_mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)
+  bins = to_mel(np.linspace(0, 8000, 257))
+  edges = np.linspace(to_mel(125.0), to_mel(7500.0), 66)
+  bank = np.zeros((257, 64))
+  for i in range(64):
+    lo, mid, hi = edges[i:i + 3]
+    bank[:, i] = np.maximum(0, np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)))
+  bank[0] = 0
+  log_mel = np.log(spec @ bank + 0.01)
+  k = len(log_mel) // 96
+  return log_mel[:k * 96].reshape(k, 96, 64)
+
+
+def official_wavfile_examples(path) -> np.ndarray:
+  """`vggish_input.wavfile_to_examples`: int16 / 32768, channel mean, resampy kaiser_best,
+  then `official_examples`."""
+  import resampy
+  import soundfile
+  data, rate = soundfile.read(str(path), dtype='int16', always_2d=True)
+  x = (data / 32768.0).mean(axis=1)
+  if rate != 16000:
+    x = resampy.resample(x, rate, 16000)
+  return official_examples(x)
+
+
 TF_CONVS = [('conv1', 1, 64), ('conv2', 64, 128), ('conv3/conv3_1', 128, 256),
             ('conv3/conv3_2', 256, 256), ('conv4/conv4_1', 256, 512),
             ('conv4/conv4_2', 512, 512)]
 TF_FCS = [('fc1/fc1_1', 12288, 4096), ('fc1/fc1_2', 4096, 4096), ('fc2', 4096, 128)]
 
 
+class OfficialVGGish:
+  """The official VGGish graph (TF ops, slim variable names under `vggish/`) with random
+  weights, in a TF1 session using `threads` threads (0: TensorFlow's default)."""
+
+  def __init__(self, seed: int = 0, threads: int = 0):
+    import tensorflow as tf
+    tf1 = tf.compat.v1
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      tf1.set_random_seed(seed)
+      variables = {}
+      for name, shape in [(n, (3, 3, cin, cout)) for n, cin, cout in TF_CONVS] + [
+          (n, (cin, cout)) for n, cin, cout in TF_FCS]:
+        fan_in = int(np.prod(shape[:-1]))
+        variables[name] = (
+            tf1.get_variable(f'vggish/{name}/weights', shape, initializer=(
+                tf1.random_normal_initializer(stddev=np.sqrt(2 / fan_in)))),
+            tf1.get_variable(f'vggish/{name}/biases', shape[-1:],
+                             initializer=tf1.random_normal_initializer(stddev=0.05)))
+      self.features = tf1.placeholder(tf.float32, (None, 96, 64))
+      net = tf.reshape(self.features, [-1, 96, 64, 1])
+      for name, _, _ in TF_CONVS:
+        w, b = variables[name]
+        net = tf.nn.relu(tf.nn.conv2d(net, w, 1, 'SAME') + b)
+        if name in ('conv1', 'conv2', 'conv3/conv3_2', 'conv4/conv4_2'):
+          net = tf.nn.max_pool2d(net, 2, 2, 'SAME')
+      net = tf.reshape(net, [-1, 6 * 4 * 512])
+      for name, _, _ in TF_FCS:
+        w, b = variables[name]
+        net = tf.matmul(net, w) + b
+        if name != 'fc2':
+          net = tf.nn.relu(net)
+      self.embedding = net
+      config = tf1.ConfigProto(intra_op_parallelism_threads=threads,
+                               inter_op_parallelism_threads=threads)
+      self.session = tf1.Session(config=config)
+      self.session.run(tf1.global_variables_initializer())
+      self.saver = tf1.train.Saver()
+
+  def __call__(self, examples: np.ndarray) -> np.ndarray:
+    """`[n, 96, 64]` log-mel examples -> `[n, 128]` embeddings."""
+    return self.session.run(self.embedding, {self.features: examples})
+
+  def save(self, path) -> None:
+    """A TF checkpoint like `vggish_model.ckpt`."""
+    with self.graph.as_default():
+      self.saver.save(self.session, str(path), write_meta_graph=False)
+
+  def close(self) -> None:
+    self.session.close()
+
+
 def write_tf_vggish(path, examples: np.ndarray, seed: int = 0) -> np.ndarray:
   """Saves a random VGGish as a TF checkpoint under the official variable names and returns
   the official graph's embeddings of `examples` `[n, 96, 64]`."""
-  import tensorflow as tf
-  tf1 = tf.compat.v1
-  with tf.Graph().as_default():
-    tf1.set_random_seed(seed)
-    variables = {}
-    for name, shape in [(n, (3, 3, cin, cout)) for n, cin, cout in TF_CONVS] + [
-        (n, (cin, cout)) for n, cin, cout in TF_FCS]:
-      fan_in = int(np.prod(shape[:-1]))
-      variables[name] = (
-          tf1.get_variable(f'vggish/{name}/weights', shape,
-                           initializer=tf1.random_normal_initializer(stddev=np.sqrt(2 / fan_in))),
-          tf1.get_variable(f'vggish/{name}/biases', shape[-1:],
-                           initializer=tf1.random_normal_initializer(stddev=0.05)))
-    features = tf1.placeholder(tf.float32, (None, 96, 64))
-    net = tf.reshape(features, [-1, 96, 64, 1])
-    for name, _, _ in TF_CONVS:
-      w, b = variables[name]
-      net = tf.nn.relu(tf.nn.conv2d(net, w, 1, 'SAME') + b)
-      if name in ('conv1', 'conv2', 'conv3/conv3_2', 'conv4/conv4_2'):
-        net = tf.nn.max_pool2d(net, 2, 2, 'SAME')
-    net = tf.reshape(net, [-1, 6 * 4 * 512])
-    for name, _, _ in TF_FCS:
-      w, b = variables[name]
-      net = tf.matmul(net, w) + b
-      if name != 'fc2':
-        net = tf.nn.relu(net)
-    with tf1.Session() as sess:
-      sess.run(tf1.global_variables_initializer())
-      tf1.train.Saver().save(sess, str(path), write_meta_graph=False)
-      return sess.run(net, {features: examples})
+  model = OfficialVGGish(seed)
+  try:
+    model.save(path)
+    return model(examples)
+  finally:
+    model.close()
