@@ -1,12 +1,13 @@
 r"""Converts a released reference checkpoint into a jaxretrieval workdir.
 
   python -m jaxretrieval.import_torch --checkpoint trained_model.pth \
-      [--config config.json] --out DIR
+      [--config config.json] --out DIR [--base_config configs/common.py]
 
-DIR then holds `config.json` (a jaxretrieval config equivalent to the reference's),
-`reference_config.json` and `checkpoints/<epoch>/` with the model (and the Ranger
-state, for fine-tuning); `python launch.py --workdir DIR --mode=eval` evaluates it.
-torch is not needed.
+DIR then holds `config.json` (a jaxretrieval config equivalent to the reference's: the
+defaults of `--base_config`, the dataset's protocol from the registry and what the
+reference's config sets), `reference_config.json` and `checkpoints/<epoch>/` with the model
+(and the Ranger state, for fine-tuning); `python launch.py --workdir DIR --mode=eval`
+evaluates it. torch is not needed.
 """
 
 import json
@@ -16,25 +17,28 @@ from absl import app
 from absl import flags
 import jax
 import ml_collections
+from ml_collections import config_flags
 
-from configs import common
 from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
+from jaxretrieval.data import registry
 from jaxretrieval.experts import model_spec
 
-REFERENCE_DATASETS = {'AudioCaps': 'audiocaps', 'CLOTHO': 'clotho',
-                      'ActivityNet': 'activitynet_captions', 'QuerYD': 'queryd',
-                      'QuerYDSegments': 'queryd_segments', 'SoundDescs': 'sounddescs'}
 
+def config_from_reference(ref: dict, spec,
+                          base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A jaxretrieval config reproducing a reference run's model, data protocol and training.
 
-def config_from_reference(ref: dict, spec) -> ml_collections.ConfigDict:
-  """A jaxretrieval config reproducing a reference run's model, data protocol and training."""
+  `base` holds every other field (the experiment defaults, `configs/common.py`); it is
+  copied, not changed.
+  """
   loader = ref.get('data_loader', {}).get('args', {})
   name = loader.get('dataset_name')
-  if name not in REFERENCE_DATASETS:
+  if name not in registry.DATASETS_BY_REFERENCE_NAME:
     raise ValueError(f'reference dataset {name!r} is not supported: expected one of '
-                     f'{sorted(REFERENCE_DATASETS)}')
-  c = common.with_dataset(common.get_config(), REFERENCE_DATASETS[name])
+                     f'{sorted(registry.DATASETS_BY_REFERENCE_NAME)}')
+  c = registry.configure(ml_collections.ConfigDict(base.to_dict()),
+                         registry.DATASETS_BY_REFERENCE_NAME[name].name)
   c.experts = spec.expert_names
   c.model.variant = 'moee' if spec.variant == 'moee' else 'ce'
   clusters = {e.clusters for e in spec.experts if e.temporal == 'vlad'}
@@ -63,13 +67,13 @@ def config_from_reference(ref: dict, spec) -> ml_collections.ConfigDict:
   return c
 
 
-def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
-                      data_dir: str = '') -> dict:
-  """Writes the workdir; returns its meta record."""
+def import_checkpoint(checkpoint: str, out: str, base: ml_collections.ConfigDict,
+                      config_json: str | None = None, data_dir: str = '') -> dict:
+  """Writes the workdir (its config over the defaults `base`); returns its meta record."""
   ref = convert.read_reference_checkpoint(checkpoint, config_json)
   spec = convert.spec_from_reference(ref.config, ref.state_dict)
   variables = convert.convert_state_dict(ref.state_dict, spec)
-  config = config_from_reference(ref.config, spec)
+  config = config_from_reference(ref.config, spec, base)
   config.data_dir = data_dir
   if model_spec(config, {e.name: (e.dim, e.temporal) for e in spec.experts}) != spec:
     raise AssertionError('the written config would not rebuild the imported architecture')
@@ -101,7 +105,7 @@ def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
 def main(argv):
   del argv
   f = flags.FLAGS
-  meta = import_checkpoint(f.checkpoint, f.out, f.config, f.data_dir)
+  meta = import_checkpoint(f.checkpoint, f.out, _BASE_CONFIG.value, f.config, f.data_dir)
   if meta['optimizer_format'] is None:
     ranger = 'no optimizer state'
   elif meta['optimizer_steps']:
@@ -114,6 +118,9 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  _BASE_CONFIG = config_flags.DEFINE_config_file(
+      'base_config', 'configs/common.py', 'the experiment defaults the written config starts '
+      'from (relative paths: from the repository root)')
   flags.DEFINE_string('checkpoint', None, 'reference trained_model.pth', required=True)
   flags.DEFINE_string('config', None, 'the config.json published with it (default: the config '
                       'pickled inside the checkpoint)')

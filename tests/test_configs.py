@@ -11,6 +11,7 @@ import pytest
 
 from configs import common
 from jaxretrieval import train
+from jaxretrieval.data import registry
 from jaxretrieval.experts import model_spec
 from jaxretrieval.models import RetrievalModel
 
@@ -50,7 +51,12 @@ def one_step(config, batch_size=4):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_and_trains(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  assert config.dataset in common.DATASETS
+  dataset = registry.DATASETS[config.dataset]
+  assert (config.tfds_name, config.flaky, config.num_test_captions, config.fuse_captions,
+          config.val_split, config.test_split) == (
+              dataset.tfds_name, dataset.flaky, dataset.num_test_captions,
+              dataset.fuse_captions, dataset.val_split, dataset.test_split)
+  assert config.max_tokens.to_dict() == dict(dataset.max_tokens)
   assert config.batch_size == 128 and config.num_epochs == 20 and config.loss.margin == 0.2
   spec, loss, moved = one_step(config)
   assert np.isfinite(loss) and loss > 0 and moved
@@ -76,5 +82,15 @@ def test_config_arguments():
   assert (c.init_from, c.init_optimizer, c.dataset, c.seed) == ('/w/ac', True, 'clotho', 1)
   with pytest.raises(ValueError, match="unknown key 'lr'"):
     common.parse_arg('lr=3', experts=('a',), seed=0)
-  with pytest.raises(ValueError, match='expected one of'):
-    common.with_dataset(common.get_config(), 'mnist')
+  with pytest.raises(ValueError, match="config.dataset='mnist': expected one of"):
+    registry.configure(common.get_config(), 'mnist')
+
+
+def test_switching_dataset_replaces_the_whole_protocol():
+  """The defaults are CLOTHO's; another dataset leaves none of CLOTHO's token limits."""
+  c = registry.configure(common.get_config(), 'activitynet_captions')
+  assert c.max_tokens.to_dict() == {'text': 20, 'vggish': 29}
+  assert (c.val_split, c.test_split, c.flaky, c.fuse_captions) == ('val_1', 'val_1',
+                                                                   ('vggish',), True)
+  assert common.get_config().max_tokens.to_dict() == dict(
+      registry.DATASETS['clotho'].max_tokens)

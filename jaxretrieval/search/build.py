@@ -13,7 +13,8 @@ import tensorflow_datasets as tfds
 
 from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
-from jaxretrieval.data.releases import ReleaseReader, computed_release
+from jaxretrieval.data.registry import computed_release
+from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.evaluation import Embedder
 from jaxretrieval.experts import model_spec
 from jaxretrieval.features.experts import DIMS
@@ -52,7 +53,7 @@ def _folder_examples(folder: pathlib.Path, split: str | None):
 
 
 def _tfds_examples(name: str, data_dir: str, split: str | None):
-  import data_builders  # pylint: disable=unused-import  (registers the builders)
+  from jaxretrieval.data import tfds_builders  # pylint: disable=unused-import  (registers)
   builder = tfds.builder(name, data_dir=data_dir or None)
   if not builder.is_prepared():
     raise FileNotFoundError(f'TFDS dataset {name} is not built in {builder.data_dir}')

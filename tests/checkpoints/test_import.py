@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
 from jaxretrieval.checkpoints.torch_pickle import TorchFileError, load_pth
@@ -57,7 +58,7 @@ def _write(tmp_path, dataset, modalities, variant, seed=0, **kwargs):
 @pytest.mark.parametrize('dataset,modalities,variant', CASES)
 def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, variant):
   path, state_dict, _ = _write(tmp_path, dataset, modalities, variant)
-  meta = import_checkpoint(str(path), str(tmp_path / 'work'))
+  meta = import_checkpoint(str(path), str(tmp_path / 'work'), common.get_config())
   assert meta['variant'] == variant and meta['epoch'] == 12
   restored = checkpointing.restore(checkpointing.manager(tmp_path / 'work'), 12)
   config = json.loads((tmp_path / 'work' / 'config.json').read_text())
@@ -79,7 +80,7 @@ def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, v
 def test_config_round_trip_and_protocol(tmp_path):
   _, state_dict, config = _write(tmp_path, 'CLOTHO', ['audio', 'vggsound'], 'ce')
   spec = convert.spec_from_reference(config, state_dict)
-  ours = config_from_reference(config, spec)
+  ours = config_from_reference(config, spec, common.get_config())
   assert ours.dataset == 'clotho' and tuple(ours.experts) == ('vggish', 'vggsound')
   assert (ours.max_tokens.text, ours.max_tokens.vggish, ours.max_tokens.vggsound) == (7, 5, 6)
   assert ours.num_test_captions == 5 and ours.loss.margin == 0.2
@@ -260,7 +261,7 @@ def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_cloth
   path = tmp_path / 'trained_model.pth'
   write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', ['audio'], 'mimic',
                                                                 MAX_TOKENS), optimizer=ranger)
-  meta = import_checkpoint(str(path), str(tmp_path / 'imported'))
+  meta = import_checkpoint(str(path), str(tmp_path / 'imported'), common.get_config())
   assert meta['learning_rate'] == pytest.approx(lr) and meta['optimizer_steps'] == t0
   config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
   run = train.Run(config, tmp_path / 'tuned')
