@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxretrieval.data.registry import DATASETS
+from jaxretrieval.data import registry
 from jaxretrieval.data.releases import ReleaseFileError
 from jaxretrieval.data.tfds_builders import BUILDERS
 from tests.release_miniature import LAYOUTS, make_contents, write_hickle4, write_release
@@ -100,7 +100,7 @@ def test_missing_file_names_dataset_file_archive_path_and_url(tmp_path):
   _build_fails('clotho', tmp_path, manual,
                r'clotho: missing file aggregated_vggsound/vggsound-raw.hickle .*'
                r'data/CLOTHO/structured-symlinks/aggregated_vggsound/vggsound-raw.hickle.*'
-               + DATASETS['clotho'].release.url.replace('.', r'\.'))
+               + registry.DATASETS['clotho'].release.url.replace('.', r'\.'))
 
 
 def test_empty_manual_dir_explains_the_layout(tmp_path):
