@@ -12,6 +12,7 @@ evaluates it. torch is not needed.
 
 import json
 import pathlib
+import sys
 
 from absl import app
 from absl import flags
@@ -105,7 +106,12 @@ def import_checkpoint(checkpoint: str, out: str, base: ml_collections.ConfigDict
 def main(argv):
   del argv
   f = flags.FLAGS
-  meta = import_checkpoint(f.checkpoint, f.out, _BASE_CONFIG.value, f.config, f.data_dir)
+  base = _BASE_CONFIG.value
+  if not isinstance(base, ml_collections.ConfigDict):  # config_flags defers its load error
+    sys.exit(f'import_torch: cannot load --base_config={f["base_config"].config_filename} (the '
+             'experiment defaults): run from the repository root, or pass '
+             '--base_config=PATH/configs/common.py')
+  meta = import_checkpoint(f.checkpoint, f.out, base, f.config, f.data_dir)
   if meta['optimizer_format'] is None:
     ranger = 'no optimizer state'
   elif meta['optimizer_steps']:

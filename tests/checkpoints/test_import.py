@@ -127,6 +127,34 @@ def test_cli_writes_an_evaluable_workdir(tmp_path):
   assert json.loads((tmp_path / 'w' / 'config.json').read_text())['experts'] == ['vggish']
 
 
+def test_cli_names_a_missing_base_config(tmp_path):
+  path, _, _ = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+                        str(path), '--out', str(tmp_path / 'w'),
+                        f'--base_config={tmp_path / "configs" / "common.py"}'],
+                       capture_output=True, text=True)
+  assert out.returncode != 0 and not (tmp_path / 'w').exists()
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'import_torch: cannot load --base_config={tmp_path / "configs" / "common.py"} (the '
+      'experiment defaults): run from the repository root, or pass '
+      '--base_config=PATH/configs/common.py')
+
+
+def test_unknown_reference_dataset_lists_the_registered_ones(tmp_path):
+  _, state_dict, config = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
+  config['data_loader']['args']['dataset_name'] = 'MSRVTT'
+  spec = convert.spec_from_reference(config, state_dict)
+  base = common.get_config()
+  with pytest.raises(ValueError, match=r"reference dataset 'MSRVTT' is not supported: expected "
+                                       r"one of \['ActivityNet', 'AudioCaps', 'CLOTHO', "):
+    config_from_reference(config, spec, base)
+  config['data_loader']['args']['dataset_name'] = 'ActivityNet'
+  ours = config_from_reference(config, spec, base)
+  assert (ours.dataset, ours.val_split, ours.flaky) == ('activitynet_captions', 'val_1',
+                                                        ('vggish',))
+  assert base.to_dict() == common.get_config().to_dict()  # the defaults are left as they were
+
+
 def test_reader_never_imports_torch(tmp_path):
   path, _, _ = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
   code = (f'import sys; from jaxretrieval.checkpoints.torch_pickle import load_pth; '
