@@ -37,8 +37,11 @@ def one_step(config, batch_size=4):
   sample = {'experts': {k: v[:2] for k, v in batch['experts'].items()},
             'availability': batch['availability'][:2],
             'text': np.zeros((2, config.max_tokens.text, 300), np.float32)}
-  state = train.create_train_state(jax.random.key(0), RetrievalModel(spec),
-                                   train.make_optimizer(config, schedule), sample)
+  model = RetrievalModel(spec)
+  variables = model.init(jax.random.key(0), sample, train=False)
+  state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                  batch_stats=variables['batch_stats'],
+                                  tx=train.make_optimizer(config, schedule))
   step = jax.pmap(functools.partial(train.train_step, model=RetrievalModel(spec, axis_name='batch'),
                                     loss_config=config.loss, schedule=schedule), axis_name='batch')
   before = jax.tree.leaves(state.params)[0].copy()
