@@ -90,7 +90,7 @@ def synthetic_datasets(config, train: int, val: int, test: int, test_captions: i
   """train_and_evaluate's data: random splits and a 1,000-word table."""
   import numpy as np
   from jaxretrieval.experts import model_spec
-  from jaxretrieval.experts import KNOWN_EXPERTS
+  from jaxretrieval.data.registry import EXPERTS as KNOWN_EXPERTS
   from jaxretrieval.train import Datasets
   rng = np.random.default_rng(seed)
   spec = model_spec(config)

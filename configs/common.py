@@ -1,42 +1,15 @@
-"""Every default of a jaxretrieval experiment, and the per-dataset protocol of the paper.
+"""Every default of a jaxretrieval experiment.
 
 Experiment files call `experiment(...)` and change only what differs. Values follow
 REFERENCE §1.5, §2.1 and §4 (batch 128, Ranger lr 0.01 x0.95 per epoch, wd 1e-3, margin
-0.2, 20 epochs). Any field can be overridden on the command line (`--config.seed=1`).
+0.2, 20 epochs); a dataset's protocol (token limits, flaky experts, test captions, caption
+fusing, splits) comes from `jaxretrieval.data.registry.DATASETS`. Any field can be
+overridden on the command line (`--config.seed=1`).
 """
 
 import ml_collections
 
-# Per-dataset protocol (REFERENCE §1.5, §1.6, §4.3). `max_tokens`: truncation/padding
-# length per expert and for the text; `flaky`: experts that may be missing in training;
-# `num_test_captions`: captions per item at test (each an independent query);
-# `fuse_captions`: all captions of an item concatenated into one query.
-DATASETS = {
-    'audiocaps': dict(
-        max_tokens=dict(text=52, vggish=10, vggsound=32, pann=29, syncnet=29),
-        flaky=('vggish',), num_test_captions=5, fuse_captions=False,
-        val_split='val', test_split='test'),
-    'clotho': dict(
-        max_tokens=dict(text=21, vggish=31, vggsound=95, pann=29, syncnet=29),
-        flaky=(), num_test_captions=5, fuse_captions=False, val_split='val', test_split='test'),
-    # ActivityNet: selection and the reported numbers both on val_1 (REFERENCE §7.15).
-    'activitynet_captions': dict(
-        max_tokens=dict(text=20, vggish=29), flaky=('vggish',), num_test_captions=1,
-        fuse_captions=True, val_split='val_1', test_split='val_1'),
-    'queryd_segments': dict(
-        max_tokens=dict(text=70, vggish=500), flaky=('vggish',), num_test_captions=1,
-        fuse_captions=False, val_split='val', test_split='test'),
-    'queryd': dict(
-        max_tokens=dict(text=70, vggish=500), flaky=('vggish',), num_test_captions=1,
-        fuse_captions=True, val_split='val', test_split='test'),
-    'sounddescs': dict(
-        max_tokens=dict(text=46, vggish=400, vggsound=400, pann=29, syncnet=29), flaky=(),
-        num_test_captions=1, fuse_captions=True, val_split='val', test_split='test'),
-    # SynthCaps: clips of up to ~5.5 s: 0.96 s log-mel patches, 100 ms spectral frames.
-    'synthcaps': dict(
-        tfds_name='synthcaps/small', max_tokens=dict(text=32, logmel=6, spectral=56), flaky=(),
-        num_test_captions=5, fuse_captions=False, val_split='val', test_split='test'),
-}
+from jaxretrieval.data import registry
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -44,21 +17,15 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  # Data.
-  c.dataset = 'clotho'  # a key of DATASETS
-  c.tfds_name = 'clotho'  # TFDS dataset (and config) to read
+  # Data. `registry.configure` below sets the dataset's protocol: tfds_name, val_split,
+  # test_split, max_tokens, flaky, num_test_captions, fuse_captions.
+  c.dataset = 'clotho'  # a key of registry.DATASETS
   c.data_dir = ''  # TFDS data_dir; '' = TFDS default (~/tensorflow_datasets)
   c.manual_dir = ''  # when set and the dataset is not built yet, build it from this folder
   c.experts = ('vggish', 'vggsound')
   c.train_split = 'train'
   c.train_fraction = 1.0  # a seeded subset of the train split (Fig. 1c)
-  c.val_split = 'val'
-  c.test_split = 'test'
   c.val_captions = 1  # validation uses the first caption only (REFERENCE §7.14)
-  c.num_test_captions = 5
-  c.fuse_captions = False
-  c.max_tokens = ml_collections.ConfigDict()
-  c.flaky = ()
   c.batch_size = 128  # global, over all devices and hosts
   c.data_on_device = False  # keep the whole training set in device memory
 
@@ -95,23 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Logging and evaluation.
   c.log_every_steps = 50
   c.eval_chunk = 2048  # items or captions embedded per device call at evaluation
-  return c
-
-
-def with_dataset(c: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """Sets the dataset and its protocol fields."""
-  if name not in DATASETS:
-    raise ValueError(f'config.dataset={name!r}: expected one of {sorted(DATASETS)}')
-  d = DATASETS[name]
-  c.dataset = name
-  c.tfds_name = d.get('tfds_name', name)
-  c.max_tokens = ml_collections.ConfigDict(d['max_tokens'])
-  c.flaky = d['flaky']
-  c.num_test_captions = d['num_test_captions']
-  c.fuse_captions = d['fuse_captions']
-  c.val_split = d['val_split']
-  c.test_split = d['test_split']
-  return c
+  return registry.configure(c, c.dataset)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -146,7 +97,7 @@ def experiment(dataset: str, variant: str, experts: tuple[str, ...],
                arg: str | None = None) -> ml_collections.ConfigDict:
   """A paper experiment; `arg` may override `experts`, `seed` and `fraction`."""
   a = parse_arg(arg, experts=tuple(experts), seed=0, fraction=1.0)
-  c = with_dataset(get_config(), dataset)
+  c = registry.configure(get_config(), dataset)
   c.model.variant = variant
   c.experts = tuple(a.experts)
   c.seed = a.seed

@@ -1,53 +1,28 @@
-"""The experts the paper uses, under our short names, with the reference's names and sizes.
+"""The model's experts for a config: registered experts in the reference's order.
 
 The reference keys its experts by names such as `audio` (VGGish) or
 `imagenet.resnext101_32x48d.0` (Inst) and always processes them sorted by those names
-(REFERENCE §1.5, §7.1). We use short names in configs and keep the reference order.
+(REFERENCE §1.5, §7.1). Configs use our short names (`jaxretrieval.data.registry.EXPERTS`);
+the widths come from the dataset (`train.expert_dims`) or, without one, from the registry.
 """
 
-import dataclasses
 from typing import Iterable
 
+from jaxretrieval.data.registry import EXPERTS, expert
 from jaxretrieval.models.retrieval import ExpertSpec, ModelSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class ExpertInfo:
-  name: str
-  ref_name: str
-  dim: int
-  temporal: str
-  label: str
-
-
-KNOWN_EXPERTS = {e.name: e for e in [
-    ExpertInfo('vggish', 'audio', 128, 'vlad', 'VGGish'),
-    ExpertInfo('vggsound', 'vggsound', 512, 'vlad', 'VGGSound'),
-    ExpertInfo('pann', 'pann', 2048, 'vlad', 'PANN'),
-    ExpertInfo('syncnet', 'syncnet', 1024, 'vlad', 'SyncNet'),
-    ExpertInfo('inst', 'imagenet.resnext101_32x48d.0', 2048, 'avg', 'Inst'),
-    ExpertInfo('r2p1d', 'r2p1d.r2p1d-ig65m.0', 512, 'avg', 'R2P1D'),
-    ExpertInfo('scene', 'scene.densenet161.0', 2208, 'avg', 'Scene'),
-    ExpertInfo('face', 'face', 512, 'avg', 'Face'),
-    ExpertInfo('ocr', 'ocr', 300, 'vlad', 'OCR'),
-    # Computed by this project (jaxretrieval.features): SynthCaps and users' own audio.
-    ExpertInfo('logmel', 'logmel', 128, 'vlad', 'log-mel'),
-    ExpertInfo('spectral', 'spectral', 32, 'vlad', 'MFCC+spectral'),
-]}
-BY_REF_NAME = {e.ref_name: e for e in KNOWN_EXPERTS.values()}
-
-
-def expert_info(name: str, dims: dict[str, tuple[int, str]] | None = None) -> ExpertInfo:
-  """Looks an expert up by short name; `dims` (name -> (dim, temporal)) adds others."""
+def _expert_spec(name: str, clusters: int,
+                 dims: dict[str, tuple[int, str]] | None) -> tuple[str, ExpertSpec]:
+  """(reference name, ExpertSpec) of `name`; `dims` (name -> (dim, temporal)) overrides the
+  registry and may add experts it does not know (their reference name is their name)."""
   if dims and name in dims:
     dim, temporal = dims[name]
-    known = KNOWN_EXPERTS.get(name)
-    return ExpertInfo(name, known.ref_name if known else name, dim, temporal,
-                      known.label if known else name)
-  if name not in KNOWN_EXPERTS:
-    raise ValueError(f'unknown expert {name!r}: expected one of {sorted(KNOWN_EXPERTS)} or an '
-                     'expert of the dataset')
-  return KNOWN_EXPERTS[name]
+    reference_name = EXPERTS[name].reference_name if name in EXPERTS else name
+  else:
+    e = expert(name)
+    dim, temporal, reference_name = e.dim, e.temporal, e.reference_name
+  return reference_name, ExpertSpec(name, dim, temporal, clusters if temporal == 'vlad' else 1)
 
 
 def model_experts(names: Iterable[str], clusters: int = 16,
@@ -56,9 +31,8 @@ def model_experts(names: Iterable[str], clusters: int = 16,
   names = list(names)
   if len(set(names)) != len(names):
     raise ValueError(f'experts {names} name an expert twice')
-  infos = sorted((expert_info(n, dims) for n in names), key=lambda e: e.ref_name)
-  return tuple(ExpertSpec(e.name, e.dim, e.temporal, clusters if e.temporal == 'vlad' else 1)
-               for e in infos)
+  pairs = sorted((_expert_spec(n, clusters, dims) for n in names), key=lambda p: p[0])
+  return tuple(spec for _, spec in pairs)
 
 
 def model_spec(config, dims: dict[str, tuple[int, str]] | None = None) -> ModelSpec:

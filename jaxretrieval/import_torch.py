@@ -1,41 +1,46 @@
 r"""Converts a released reference checkpoint (CE, MoEE or MMT) into a jaxretrieval workdir.
 
   python -m jaxretrieval.import_torch --checkpoint trained_model.pth \
-      [--config config.json] --out DIR
+      [--config config.json] --out DIR [--base_config configs/common.py]
 
-DIR then holds `config.json` (a jaxretrieval config equivalent to the reference's),
-`reference_config.json` and `checkpoints/<epoch>/` with the model (and the Ranger
-state, for fine-tuning); `python launch.py --workdir DIR --mode=eval` evaluates it.
-torch is not needed.
+DIR then holds `config.json` (a jaxretrieval config equivalent to the reference's: the
+defaults of `--base_config`, the dataset's protocol from the registry and what the
+reference's config sets), `reference_config.json` and `checkpoints/<epoch>/` with the model
+(and the Ranger state, for fine-tuning); `python launch.py --workdir DIR --mode=eval`
+evaluates it. torch is not needed.
 """
 
 import json
 import pathlib
+import sys
 
 from absl import app
 from absl import flags
 import jax
 import ml_collections
+from ml_collections import config_flags
 
-from configs import common
 from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
 from jaxretrieval.checkpoints import mmt_convert
+from jaxretrieval.data import registry
 from jaxretrieval.experts import model_spec
 
-REFERENCE_DATASETS = {'AudioCaps': 'audiocaps', 'CLOTHO': 'clotho',
-                      'ActivityNet': 'activitynet_captions', 'QuerYD': 'queryd',
-                      'QuerYDSegments': 'queryd_segments', 'SoundDescs': 'sounddescs'}
 
+def config_from_reference(ref: dict, spec,
+                          base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A jaxretrieval config reproducing a reference run's model, data protocol and training.
 
-def config_from_reference(ref: dict, spec) -> ml_collections.ConfigDict:
-  """A jaxretrieval config reproducing a reference run's model, data protocol and training."""
+  `base` holds every other field (the experiment defaults, `configs/common.py`); it is
+  copied, not changed.
+  """
   loader = ref.get('data_loader', {}).get('args', {})
   name = loader.get('dataset_name')
-  if name not in REFERENCE_DATASETS:
+  if name not in registry.DATASETS_BY_REFERENCE_NAME:
     raise ValueError(f'reference dataset {name!r} is not supported: expected one of '
-                     f'{sorted(REFERENCE_DATASETS)}')
-  c = common.with_dataset(common.get_config(), REFERENCE_DATASETS[name])
+                     f'{sorted(registry.DATASETS_BY_REFERENCE_NAME)}')
+  c = registry.configure(ml_collections.ConfigDict(base.to_dict()),
+                         registry.DATASETS_BY_REFERENCE_NAME[name].name)
   c.experts = spec.expert_names
   c.model.variant = 'moee' if spec.variant == 'moee' else 'ce'
   clusters = {e.clusters for e in spec.experts if e.temporal == 'vlad'}
@@ -64,15 +69,20 @@ def config_from_reference(ref: dict, spec) -> ml_collections.ConfigDict:
   return c
 
 
-def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
-                      data_dir: str = '') -> dict:
-  """Writes the workdir; returns its meta record."""
+def import_checkpoint(checkpoint: str, out: str, base: ml_collections.ConfigDict,
+                      config_json: str | None = None, data_dir: str = '',
+                      mmt_base: ml_collections.ConfigDict | None = None) -> dict:
+  """Writes the workdir (its config over the defaults `base`, or for an MMT checkpoint over
+  the MMT recipe `mmt_base`); returns its meta record."""
   ref = convert.read_reference_checkpoint(checkpoint, config_json)
   if mmt_convert.is_mmt_config(ref.config):
-    return mmt_convert.import_checkpoint(ref, checkpoint, out, data_dir)
+    if mmt_base is None:
+      raise ValueError(f'{checkpoint} is an MMT checkpoint: pass the MMT recipe '
+                       '(--mmt_base_config=configs/mmt_audiocaps.py:protocol=original)')
+    return mmt_convert.import_checkpoint(ref, checkpoint, out, mmt_base, data_dir)
   spec = convert.spec_from_reference(ref.config, ref.state_dict)
   variables = convert.convert_state_dict(ref.state_dict, spec)
-  config = config_from_reference(ref.config, spec)
+  config = config_from_reference(ref.config, spec, base)
   config.data_dir = data_dir
   if model_spec(config, {e.name: (e.dim, e.temporal) for e in spec.experts}) != spec:
     raise AssertionError('the written config would not rebuild the imported architecture')
@@ -104,7 +114,15 @@ def import_checkpoint(checkpoint: str, out: str, config_json: str | None = None,
 def main(argv):
   del argv
   f = flags.FLAGS
-  meta = import_checkpoint(f.checkpoint, f.out, f.config, f.data_dir)
+  bases = {}
+  for name, default in (('base_config', 'configs/common.py'),
+                        ('mmt_base_config', 'configs/mmt_audiocaps.py')):
+    bases[name] = f[name].value
+    if not isinstance(bases[name], ml_collections.ConfigDict):  # config_flags defers errors
+      sys.exit(f'import_torch: cannot load --{name}={f[name].config_filename} (the experiment '
+               f'defaults): run from the repository root, or pass --{name}=PATH/{default}')
+  meta = import_checkpoint(f.checkpoint, f.out, bases['base_config'], f.config, f.data_dir,
+                           bases['mmt_base_config'])
   if meta['optimizer_format'] is None:
     ranger = 'no optimizer state'
   elif meta['optimizer_steps']:
@@ -117,6 +135,12 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  config_flags.DEFINE_config_file(
+      'base_config', 'configs/common.py', 'the experiment defaults the written config of a '
+      'CE/MoEE checkpoint starts from (relative paths: from the repository root)')
+  config_flags.DEFINE_config_file(
+      'mmt_base_config', 'configs/mmt_audiocaps.py:protocol=original', 'the MMT recipe the '
+      'written config of an MMT checkpoint starts from (its dataset comes from the checkpoint)')
   flags.DEFINE_string('checkpoint', None, 'reference trained_model.pth', required=True)
   flags.DEFINE_string('config', None, 'the config.json published with it (default: the config '
                       'pickled inside the checkpoint)')

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope='session')
 def synthcaps_tiny(tmp_path_factory):
   """A TFDS data_dir holding synthcaps/tiny, built once per session."""
-  from data_builders.synthcaps.synthcaps_dataset_builder import Builder
+  from jaxretrieval.data.tfds_builders import SynthCaps as Builder
   data_dir = tmp_path_factory.mktemp('synthcaps')
   Builder(config='tiny', data_dir=str(data_dir)).download_and_prepare()
   return data_dir

@@ -1,7 +1,9 @@
 """Writes miniature release archives in the exact format of the real ones (REFERENCE §1).
 
-The layout table below is restated from REFERENCE §1.4 on purpose, independently of the
-library's registry, so a wrong path in either shows up as a failing test. Hickle files are
+The layout table below is restated from REFERENCE §1.4-1.5 on purpose, independently of
+the library's registry (`jaxretrieval.data.registry`), so a wrong path or width in either
+shows up as a failing test. Its last column is test design, not a registry fact: the
+experts whose files the miniature writes with gaps (every third item missing). Hickle files are
 written as hickle 4.0.4 under h5py 2.10 wrote them (fixed-length byte-string attributes);
 pickles with protocol 2, visual experts partly as zsvision ExpertStore objects.
 """
@@ -15,7 +17,7 @@ import types
 import h5py
 import numpy as np
 
-# name -> (archive name, folder, {split: list}, captions, w2v, {expert: (file, dim, avg?, flaky)})
+# name -> (archive name, folder, {split: list}, captions, w2v, {expert: (file, dim, avg?, gaps?)})
 LAYOUTS = {
     'audiocaps': ('AudioCaps', 'AudioCaps',
                   {'train': 'train_list.txt', 'val': 'filtered_val_list.txt',
@@ -136,10 +138,10 @@ def make_contents(dataset: str, sizes: dict[str, int] | None = None, seed: int =
   ids = {s: item_ids(dataset, s, sizes[s]) for s in splits}
   all_ids = [i for s in splits for i in ids[s]]
   features = {}
-  for name, (_, dim, avg, flaky) in experts.items():
+  for name, (_, dim, avg, gaps) in experts.items():
     values = {}
     for k, item in enumerate(all_ids):
-      if flaky and k % 3 == 1:
+      if gaps and k % 3 == 1:
         values[item] = None  # missing: absent key or NaN, depending on the file
       elif avg:
         values[item] = rng.normal(size=dim).astype(np.float32)

@@ -11,6 +11,7 @@ import pytest
 
 from configs import common
 from jaxretrieval import train
+from jaxretrieval.data import registry
 from jaxretrieval.experts import model_spec
 from jaxretrieval.models import RetrievalModel
 
@@ -37,8 +38,11 @@ def one_step(config, batch_size=4):
   sample = {'experts': {k: v[:2] for k, v in batch['experts'].items()},
             'availability': batch['availability'][:2],
             'text': np.zeros((2, config.max_tokens.text, 300), np.float32)}
-  state = train.create_train_state(jax.random.key(0), RetrievalModel(spec),
-                                   train.make_optimizer(config, schedule), sample)
+  model = RetrievalModel(spec)
+  variables = model.init(jax.random.key(0), sample, train=False)
+  state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
+                                  batch_stats=variables['batch_stats'],
+                                  tx=train.make_optimizer(config, schedule))
   step = jax.pmap(functools.partial(train.train_step, model=RetrievalModel(spec, axis_name='batch'),
                                     loss_config=config.loss, schedule=schedule), axis_name='batch')
   before = jax.tree.leaves(state.params)[0].copy()
@@ -51,7 +55,12 @@ def one_step(config, batch_size=4):
 @pytest.mark.parametrize('name', CONFIGS)
 def test_config_builds_and_trains(name):
   config = importlib.import_module(f'configs.{name}').get_config()
-  assert config.dataset in common.DATASETS
+  dataset = registry.DATASETS[config.dataset]
+  assert (config.tfds_name, config.flaky, config.num_test_captions, config.fuse_captions,
+          config.val_split, config.test_split) == (
+              dataset.tfds_name, dataset.flaky, dataset.num_test_captions,
+              dataset.fuse_captions, dataset.val_split, dataset.test_split)
+  assert config.max_tokens.to_dict() == dict(dataset.max_tokens)
   assert config.batch_size == 128 and config.num_epochs == 20 and config.loss.margin == 0.2
   spec, loss, moved = one_step(config)
   assert np.isfinite(loss) and loss > 0 and moved
@@ -77,5 +86,15 @@ def test_config_arguments():
   assert (c.init_from, c.init_optimizer, c.dataset, c.seed) == ('/w/ac', True, 'clotho', 1)
   with pytest.raises(ValueError, match="unknown key 'lr'"):
     common.parse_arg('lr=3', experts=('a',), seed=0)
-  with pytest.raises(ValueError, match='expected one of'):
-    common.with_dataset(common.get_config(), 'mnist')
+  with pytest.raises(ValueError, match="config.dataset='mnist': expected one of"):
+    registry.configure(common.get_config(), 'mnist')
+
+
+def test_switching_dataset_replaces_the_whole_protocol():
+  """The defaults are CLOTHO's; another dataset leaves none of CLOTHO's token limits."""
+  c = registry.configure(common.get_config(), 'activitynet_captions')
+  assert c.max_tokens.to_dict() == {'text': 20, 'vggish': 29}
+  assert (c.val_split, c.test_split, c.flaky, c.fuse_captions) == ('val_1', 'val_1',
+                                                                   ('vggish',), True)
+  assert common.get_config().max_tokens.to_dict() == dict(
+      registry.DATASETS['clotho'].max_tokens)

@@ -1,12 +1,11 @@
-"""AudioCaps: released precomputed expert features (REFERENCE §1)."""
+"""`tfds build data_builders/audiocaps`: AudioCaps, built by `jaxretrieval.data.tfds_builders`.
 
-import tensorflow_datasets as tfds
+TFDS's command line loads a builder from this file's path; the builder itself lives in the
+library (`tfds.builder('audiocaps')` after importing `jaxretrieval.data.tfds_builders`).
+"""
 
-from data_builders import release_builder
+from jaxretrieval.data import tfds_builders
 
 
-class Builder(release_builder.ReleaseBuilder):
-  DATASET = 'audiocaps'
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Features of the audio-only release (features-v2).'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = release_builder.manual_instructions(DATASET)
+class Builder(tfds_builders.BUILDERS['audiocaps'], skip_registration=True):
+  """The library's `audiocaps` builder, under the name TFDS's command line expects."""

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval.checkpoints.torch_pickle import Opaque, load_pth
-from jaxretrieval.experts import BY_REF_NAME
+from jaxretrieval.data.registry import EXPERTS_BY_REFERENCE_NAME as BY_REF_NAME
 from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
 
 # Keys the reference itself deletes when loading old checkpoints (REFERENCE §3.3).

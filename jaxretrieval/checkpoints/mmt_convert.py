@@ -19,8 +19,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import mmt_audiocaps
 from jaxretrieval import checkpointing
+from jaxretrieval.data import registry
 from jaxretrieval.checkpoints import bert_convert
 from jaxretrieval.checkpoints.convert import ReferenceCheckpoint
 from jaxretrieval.checkpoints.bert_convert import BertCheckpointError
@@ -160,8 +160,10 @@ def with_pretrained_text(variables: dict, bert_dir: str | pathlib.Path, spec: MM
   return {**variables, 'params': {**variables['params'], 'txt_bert': text}}
 
 
-def config_from_reference(ref: dict, spec: MMTSpec) -> ml_collections.ConfigDict:
-  """The jaxretrieval MMT config of an original run: its recipe, with the original protocol."""
+def config_from_reference(ref: dict, spec: MMTSpec,
+                          base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The jaxretrieval MMT config of an original run: the MMT recipe `base` (e.g.
+  `configs/mmt_audiocaps.py`) on the run's dataset, with the original protocol."""
   try:
     mix = ref['train_sets'][0]['args']['mix'][0]
   except (KeyError, IndexError, TypeError) as e:
@@ -171,7 +173,8 @@ def config_from_reference(ref: dict, spec: MMTSpec) -> ml_collections.ConfigDict
     raise BertCheckpointError(f'MMT dataset {name!r} is not supported: expected one of '
                               f'{sorted(DATASETS)}')
   # The published numbers come from the original protocol (fused queries, see the config).
-  c = mmt_audiocaps.experiment(DATASETS[name], 'protocol=original')
+  c = registry.configure(ml_collections.ConfigDict(base.to_dict()), DATASETS[name])
+  c.fuse_captions, c.num_test_captions = True, 1
   c.experts = spec.expert_names
   c.max_tokens = ml_collections.ConfigDict(
       {'text': int(mix['max_text_words']),
@@ -194,11 +197,11 @@ def config_from_reference(ref: dict, spec: MMTSpec) -> ml_collections.ConfigDict
 
 
 def import_checkpoint(ref: ReferenceCheckpoint, checkpoint: str, out: str,
-                      data_dir: str = '') -> dict:
+                      base: ml_collections.ConfigDict, data_dir: str = '') -> dict:
   """Writes a workdir (config.json, reference_config.json, best checkpoint); returns its meta."""
   spec = spec_from_config(ref.config, ref.state_dict)
   variables = convert_state_dict(ref.state_dict, spec)
-  config = config_from_reference(ref.config, spec)
+  config = config_from_reference(ref.config, spec, base)
   config.data_dir = data_dir
   if mmt_spec(config, {e.name: e.dim for e in spec.experts}) != spec:
     raise BertCheckpointError('the original config describes an MMT that this project\'s '

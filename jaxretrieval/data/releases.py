@@ -1,9 +1,10 @@
-"""The released feature archives: layout per dataset and a validating reader (REFERENCE §1).
+"""Reading a release: locating and unpacking the archive, and a validating reader (REFERENCE §1).
 
 An archive `<NAME>-experts-audio-only.tar.gz` unpacks to `data/<folder>/structured-symlinks/`
 holding split lists, the raw captions, the word vectors of the captions (`w2v.pkl`) and one
-file per expert. `ReleaseReader` turns that folder into per-item examples, checking every
-item so that bad data fails with the dataset, file and item id named.
+file per expert (where, per dataset: `registry.DATASETS[name].release`). `ReleaseReader`
+turns that folder into per-item examples, checking every item so that bad data fails with
+the dataset, file and item id named.
 
 Gaps are read on as the reference reads on (REFERENCE §1.2, §1.6): an item without an
 entry in an expert's file (absent, NaN, all-NaN or zero frames) is recorded as unavailable
@@ -14,133 +15,22 @@ build: an id listed twice or in two splits, an id without captions or word vecto
 """
 
 import collections
-import dataclasses
 import itertools
 import json
 import pathlib
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from absl import logging
 import numpy as np
 
+from jaxretrieval.data.registry import DATASETS, WORD_DIM, Expert, Release
 from jaxretrieval.data.release_files import (ReleaseFileError, UnexpectedPickleContent,
                                              caption_text, find_shards, is_missing,
                                              load_feature_file, load_shards, read_split_list)
-from jaxretrieval.features.experts import DIMS as EXPERT_DIMS
-
-URL = ('http://www.robots.ox.ac.uk/~vgg/research/collaborative-experts/data/features-v2/'
-       '{name}-experts-audio-only.tar.gz')
-WORD_DIM = 300
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpertFile:
-  """One expert of a release: our name, its file, raw width, aggregation, and whether the
-  reference's configs let it be missing in training (`flaky`, REFERENCE §1.5)."""
-  name: str
-  path: str
-  dim: int
-  temporal: str = 'vlad'  # 'vlad': [T, dim] sequences; 'avg': pooled [dim] vectors
-  flaky: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Release:
-  """Where a dataset's release keeps what (paths relative to structured-symlinks)."""
-  name: str  # archive name, as in the URL
-  folder: str  # data/<folder>/structured-symlinks
-  splits: Mapping[str, str]  # our split name -> split list file
-  captions: str
-  word_vectors: str
-  experts: tuple[ExpertFile, ...]
-  fused_captions: bool = False
-  audio_files: str | None = None  # optional JSON: id -> audio file (relative to the root)
-
-  @property
-  def url(self) -> str:
-    return URL.format(name=self.name)
-
-  @property
-  def archive(self) -> str:
-    return f'{self.name}-experts-audio-only.tar.gz'
-
-  def archive_path(self, relative: str) -> str:
-    return f'data/{self.folder}/structured-symlinks/{relative}'
-
-
-_VISUAL = (
-    ExpertFile('inst', 'aggregated_imagenet_25fps_256px_stride1_offset0/resnext101_32x48d-avg.pickle',
-               2048, 'avg'),
-    ExpertFile('r2p1d', 'aggregated_r2p1d_30fps_256px_stride32_offset0_inner_stride1/'
-               'r2p1d-ig65m-avg.pickle', 512, 'avg'),
-    ExpertFile('scene', 'aggregated_scene_25fps_256px_stride1_offset0/densenet161-avg.pickle',
-               2208, 'avg'),
-)
-_TEXT = 'text_embeddings/w2v.pkl'
-
-RELEASES = {
-    'audiocaps': Release(
-        'AudioCaps', 'AudioCaps',
-        {'train': 'train_list.txt', 'val': 'filtered_val_list.txt',
-         'test': 'final_filtered_test_list.txt'},
-        'structured-symlinks/raw-captions.pkl', _TEXT,
-        (ExpertFile('vggish', 'aggregated_audio/vggish-raw.hickle', 128, flaky=True),
-         ExpertFile('vggsound', 'aggregated_vggsound/vggsound-raw.hickle', 512),
-         ExpertFile('pann', 'aggregated_pann/pann-raw.hickle', 2048),
-         ExpertFile('syncnet', 'aggregated_syncnet/syncnet-raw.hickle', 1024)) + _VISUAL),
-    'clotho': Release(
-        'CLOTHO', 'CLOTHO',
-        {'train': 'train_list.txt', 'val': 'val_list.txt', 'test': 'test_list.txt'},
-        'structured-symlinks/raw-captions.pkl', _TEXT,
-        (ExpertFile('vggish', 'aggregated_audio/vggish-raw.hickle', 128),
-         ExpertFile('vggsound', 'aggregated_vggsound/vggsound-raw.hickle', 512),
-         ExpertFile('pann', 'aggregated_pann/pann-raw.hickle', 2048),
-         ExpertFile('syncnet', 'aggregated_syncnet/syncnet-raw.hickle', 1024))),
-    'activitynet_captions': Release(
-        'activity-net', 'activity-net',
-        {'train': 'train_list.txt', 'val_1': 'val_1_list.txt'},
-        'raw-captions-train-val_1.pkl', 'aggregated_text_feats/w2v.pkl',
-        (ExpertFile('vggish', 'aggregated_audio/vggish-audio-raw.pickle', 128, flaky=True),
-         ExpertFile('face', 'aggregated_facefeats_25fps_256px_stride1/face-avg.pickle', 512,
-                    'avg', flaky=True),
-         ExpertFile('ocr', 'aggregated_ocr_feats/ocr-w2v.pkl', 300, flaky=True)),
-        fused_captions=True),
-    'queryd_segments': Release(
-        'QuerYDSegments', 'QuerYDSegments',
-        {'train': 'train_list.txt', 'val': 'val_list.txt', 'test': 'test_list.txt'},
-        'structured-symlinks/split_raw_captions_filtered.pkl', _TEXT,
-        (ExpertFile('vggish', 'aggregated_audio/vggish-raw.hickle', 128, flaky=True),)),
-    # Video-level QuerYD: the caption file sits where the archive puts it, one level above
-    # the path the reference loader expects (REFERENCE §7.22).
-    'queryd': Release(
-        'QuerYD', 'QuerYD',
-        {'train': 'train_list.txt', 'val': 'val_list.txt', 'test': 'test_list.txt'},
-        'raw_captions_combined_filtered.pkl', _TEXT,
-        (ExpertFile('vggish', 'aggregated_audio/vggish-raw.hickle', 128, flaky=True),) + _VISUAL,
-        fused_captions=True),
-    'sounddescs': Release(
-        'SoundDescs', 'SoundDescs',
-        {'train': 'train_list.txt', 'val': 'val_list.txt', 'test': 'test_list.txt'},
-        'structured-symlinks/raw-captions.pkl', _TEXT,
-        (ExpertFile('vggish', 'aggregated_audio/vggish-raw.pkl', 128),
-         ExpertFile('vggsound', 'aggregated_vggsound/vggsound-raw.pkl', 512)),
-        fused_captions=True),
-}
-
-
-def computed_release(name: str, splits, experts: dict[str, int]) -> Release:
-  """The layout `jaxretrieval.features` writes (SynthCaps and users' own audio)."""
-  return Release(
-      name, name, {s: f'{s}_list.txt' for s in splits}, 'structured-symlinks/raw-captions.pkl',
-      _TEXT, tuple(ExpertFile(e, f'aggregated_{e}/{e}-raw.pkl', d) for e, d in experts.items()),
-      audio_files='audio_files.json')
-
-
-RELEASES['synthcaps'] = computed_release('SynthCaps', ('train', 'val', 'test'), EXPERT_DIMS)
 
 
 def find_root(release: Release, directory: pathlib.Path) -> pathlib.Path | None:
@@ -203,9 +93,15 @@ def unpack_archive(archive: pathlib.Path, destination: pathlib.Path) -> None:
 class ReleaseReader:
   """Reads a release folder (structured-symlinks) item by item, validating everything."""
 
-  def __init__(self, dataset: str, root: pathlib.Path, release: Release | None = None):
+  def __init__(self, dataset: str, root: pathlib.Path, release: Release | None = None,
+               flaky: Collection[str] = ()):
+    """Reads `root` as the release of registered `dataset` (its layout and flaky experts),
+    or, given `release`, as that layout with the experts `flaky` may be missing."""
     self.dataset = dataset
-    self.release = release or RELEASES[dataset]
+    if release is None:
+      release, flaky = DATASETS[dataset].release, DATASETS[dataset].flaky
+    self.release = release
+    self.flaky = frozenset(flaky)
     self.root = pathlib.Path(root)
     self._cache: dict[str, Any] = {}
     # split -> expert -> ids without an entry, filled while the split's examples are read.
@@ -283,22 +179,24 @@ class ReleaseReader:
     for expert in self.release.experts:
       ids = self.missing.get(split, {}).get(expert.name, [])
       if ids:
-        use = ('flaky: may be missing' if expert.flaky else
+        use = ('flaky: may be missing' if expert.name in self.flaky else
                'not flaky: a training split using it refuses these items, evaluation scores '
                'them without it')
         lines.append(f'{self.dataset} {split}: {len(ids)} of {n} item(s) have no '
-                     f'{expert.name} entry in {expert.path} ({use}): {_shown(ids)}')
+                     f'{expert.name} entry in {self.release.expert_files[expert.name]} '
+                     f'({use}): {_shown(ids)}')
     return lines
 
-  def _feature(self, expert: ExpertFile, item: str) -> tuple[np.ndarray, bool]:
+  def _feature(self, expert: Expert, item: str) -> tuple[np.ndarray, bool]:
     """(array, available) of one expert of one item; missing entries get an empty array."""
-    features = self._load(expert.path)
+    path = self.release.expert_files[expert.name]
+    features = self._load(path)
     try:
       value = features[item] if item in features else None
     except Exception as e:  # a truncated hickle can fail on first access of a dataset
-      raise ReleaseFileError(f'{self.dataset}: cannot read item {item} of {expert.path}: '
+      raise ReleaseFileError(f'{self.dataset}: cannot read item {item} of {path}: '
                              f'{type(e).__name__}: {e}') from e
-    where = f'{self.dataset}: item {item} of {expert.path} ({expert.name})'
+    where = f'{self.dataset}: item {item} of {path} ({expert.name})'
     if is_missing(value):
       empty = (0, expert.dim) if expert.temporal == 'vlad' else (expert.dim,)
       return np.zeros(empty, np.float32), False

@@ -12,11 +12,12 @@ import pathlib
 
 import numpy as np
 
+from jaxretrieval.data import registry
 from jaxretrieval.features import signal
 from jaxretrieval.features.audio_io import AudioReadError, read_audio
 
 SAMPLE_RATE = 16000
-DIMS = {'logmel': 128, 'spectral': 32}
+DIMS = {name: registry.EXPERTS[name].dim for name in ('logmel', 'spectral')}
 
 
 def logmel(wave: np.ndarray) -> np.ndarray:

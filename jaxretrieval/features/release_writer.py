@@ -14,6 +14,7 @@ line-based split lists round-trip any file name: `%`, characters that are not pr
 """
 
 import dataclasses
+from collections.abc import Iterable
 import json
 import os
 import pathlib
@@ -24,7 +25,9 @@ import urllib.parse
 import numpy as np
 
 from jaxretrieval.data.release_files import shard_name
-from jaxretrieval.data.releases import ExpertFile, Release, computed_release
+from jaxretrieval.data import registry
+from jaxretrieval.data.registry import computed_release
+from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.text import WordVectors, tokenize
 
 MANIFEST = 'experts.json'
@@ -133,20 +136,24 @@ def write_release(root: pathlib.Path, items: list[Item], splits: dict[str, list[
   write_items(root, items, experts, words, any(it.captions for it in items))
 
 
-def folder_release(root: pathlib.Path, splits, default_dims: dict[str, int]) -> Release:
-  """The `Release` of a folder written here: its experts from `experts.json` (folders written
-  before the manifest existed hold `default_dims`)."""
+def folder_reader(root: pathlib.Path, splits, default_experts: Iterable[str] = ()
+                  ) -> ReleaseReader:
+  """A reader of a folder written here: its experts, and which items may lack, from
+  `experts.json` (folders written before the manifest existed hold `default_experts`)."""
   manifest = root / MANIFEST
   if not manifest.is_file():
-    return computed_release('custom', splits, default_dims)
+    return ReleaseReader('custom', root, computed_release('custom', splits, default_experts))
   try:
     experts = json.loads(manifest.read_text())
-    files = tuple(ExpertFile(e, f'aggregated_{e}/{e}-raw.pkl', int(v['dim']),
-                             flaky=bool(v['may_be_missing'])) for e, v in experts.items())
+    dims = {e: int(v['dim']) for e, v in experts.items()}
+    flaky = {e for e, v in experts.items() if v['may_be_missing']}
+    for name, dim in dims.items():
+      if registry.expert(name).dim != dim:
+        raise ValueError(f'{name} is {dim}-d, registered as {registry.expert(name).dim}-d')
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     raise ValueError(f'{manifest}: unreadable ({type(e).__name__}: {e}); run '
                      '`python -m jaxretrieval.features` again') from e
-  return dataclasses.replace(computed_release('custom', splits, {}), experts=files)
+  return ReleaseReader('custom', root, computed_release('custom', splits, dims), flaky)
 
 
 def replace_folder(built: pathlib.Path, out: pathlib.Path) -> None:

@@ -12,11 +12,10 @@ import tensorflow_datasets as tfds
 
 from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
-from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.evaluation import Embedder
 from jaxretrieval.experts import model_spec
 from jaxretrieval.features.experts import DIMS
-from jaxretrieval.features.release_writer import folder_release
+from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.models import RetrievalModel
 from jaxretrieval.search.store import IndexStore, contained, variable_shapes
 from jaxretrieval.text import WordVectors
@@ -41,13 +40,13 @@ def _folder_examples(folder: pathlib.Path, split: str | None):
   splits = sorted(p.name[:-len('_list.txt')] for p in folder.glob('*_list.txt'))
   split = split or ('all' if 'all' in splits else None)
   chosen = [split] if split else splits
-  reader = ReleaseReader('custom', folder, folder_release(folder, splits, DIMS))
+  reader = folder_reader(folder, splits, DIMS)
   for s in chosen:
     yield from reader.audio_examples(s)
 
 
 def _tfds_builder(name: str, data_dir: str):
-  import data_builders  # pylint: disable=unused-import  (registers the builders)
+  from jaxretrieval.data import tfds_builders  # pylint: disable=unused-import  (registers)
   builder = tfds.builder(name, data_dir=data_dir or None)
   if not builder.is_prepared():
     raise FileNotFoundError(f'TFDS dataset {name} is not built in {builder.data_dir}')

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
 from jaxretrieval.checkpoints.torch_pickle import TorchFileError, load_pth
@@ -57,7 +58,7 @@ def _write(tmp_path, dataset, modalities, variant, seed=0, **kwargs):
 @pytest.mark.parametrize('dataset,modalities,variant', CASES)
 def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, variant):
   path, state_dict, _ = _write(tmp_path, dataset, modalities, variant)
-  meta = import_checkpoint(str(path), str(tmp_path / 'work'))
+  meta = import_checkpoint(str(path), str(tmp_path / 'work'), common.get_config())
   assert meta['variant'] == variant and meta['epoch'] == 12
   restored = checkpointing.restore(checkpointing.manager(tmp_path / 'work'), 12)
   config = json.loads((tmp_path / 'work' / 'config.json').read_text())
@@ -79,7 +80,7 @@ def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, v
 def test_config_round_trip_and_protocol(tmp_path):
   _, state_dict, config = _write(tmp_path, 'CLOTHO', ['audio', 'vggsound'], 'ce')
   spec = convert.spec_from_reference(config, state_dict)
-  ours = config_from_reference(config, spec)
+  ours = config_from_reference(config, spec, common.get_config())
   assert ours.dataset == 'clotho' and tuple(ours.experts) == ('vggish', 'vggsound')
   assert (ours.max_tokens.text, ours.max_tokens.vggish, ours.max_tokens.vggsound) == (7, 5, 6)
   assert ours.num_test_captions == 5 and ours.loss.margin == 0.2
@@ -124,6 +125,34 @@ def test_cli_writes_an_evaluable_workdir(tmp_path):
   assert '7,389,127 parameters' in out.stdout
   assert checkpointing.latest_step(tmp_path / 'w') == 12
   assert json.loads((tmp_path / 'w' / 'config.json').read_text())['experts'] == ['vggish']
+
+
+def test_cli_names_a_missing_base_config(tmp_path):
+  path, _, _ = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+                        str(path), '--out', str(tmp_path / 'w'),
+                        f'--base_config={tmp_path / "configs" / "common.py"}'],
+                       capture_output=True, text=True)
+  assert out.returncode != 0 and not (tmp_path / 'w').exists()
+  assert out.stderr.strip().splitlines()[-1] == (
+      f'import_torch: cannot load --base_config={tmp_path / "configs" / "common.py"} (the '
+      'experiment defaults): run from the repository root, or pass '
+      '--base_config=PATH/configs/common.py')
+
+
+def test_unknown_reference_dataset_lists_the_registered_ones(tmp_path):
+  _, state_dict, config = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
+  config['data_loader']['args']['dataset_name'] = 'MSRVTT'
+  spec = convert.spec_from_reference(config, state_dict)
+  base = common.get_config()
+  with pytest.raises(ValueError, match=r"reference dataset 'MSRVTT' is not supported: expected "
+                                       r"one of \['ActivityNet', 'AudioCaps', 'CLOTHO', "):
+    config_from_reference(config, spec, base)
+  config['data_loader']['args']['dataset_name'] = 'ActivityNet'
+  ours = config_from_reference(config, spec, base)
+  assert (ours.dataset, ours.val_split, ours.flaky) == ('activitynet_captions', 'val_1',
+                                                        ('vggish',))
+  assert base.to_dict() == common.get_config().to_dict()  # the defaults are left as they were
 
 
 def test_reader_never_imports_torch(tmp_path):
@@ -260,7 +289,7 @@ def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_cloth
   path = tmp_path / 'trained_model.pth'
   write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', ['audio'], 'mimic',
                                                                 MAX_TOKENS), optimizer=ranger)
-  meta = import_checkpoint(str(path), str(tmp_path / 'imported'))
+  meta = import_checkpoint(str(path), str(tmp_path / 'imported'), common.get_config())
   assert meta['learning_rate'] == pytest.approx(lr) and meta['optimizer_steps'] == t0
   config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
   run = train.Run(config, tmp_path / 'tuned')

@@ -1,6 +1,5 @@
 """TFDS builders of the released datasets, built from miniatures in the release format."""
 
-import importlib
 import os
 import pathlib
 import pickle
@@ -13,19 +12,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxretrieval.data.releases import RELEASES, ReleaseFileError
+from jaxretrieval.data import registry
+from jaxretrieval.data.releases import ReleaseFileError
+from jaxretrieval.data.tfds_builders import BUILDERS
 from tests.release_miniature import LAYOUTS, make_contents, write_hickle4, write_release
 
 DATASETS = sorted(LAYOUTS)
 
 
-def builder_for(dataset: str, data_dir: pathlib.Path):
-  module = importlib.import_module(f'data_builders.{dataset}.{dataset}_dataset_builder')
-  return module.Builder(data_dir=str(data_dir))
-
-
 def build(dataset, tmp_path, manual_dir):
-  builder = builder_for(dataset, tmp_path / 'tfds')
+  builder = BUILDERS[dataset](data_dir=str(tmp_path / 'tfds'))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   return builder
@@ -74,9 +70,11 @@ def test_tfds_command_line_build(tmp_path):
   manual = write_release('clotho', tmp_path, contents)
   root = pathlib.Path(__file__).resolve().parents[2]
   tfds_cli = pathlib.Path(sys.executable).parent / 'tfds'
+  # The checkout under test, whichever copy of the package is installed.
+  env = {**os.environ, 'PYTHONPATH': str(root)}
   subprocess.run([str(tfds_cli), 'build', str(root / 'data_builders' / 'clotho'),
                   f'--manual_dir={manual}', f'--data_dir={tmp_path / "cli"}'], check=True,
-                 capture_output=True, cwd=tmp_path)
+                 capture_output=True, cwd=tmp_path, env=env)
   loaded = tfds.builder_from_directory(str(tmp_path / 'cli' / 'clotho' / '1.0.0'))
   check_split(loaded, 'val', contents)
 
@@ -102,7 +100,7 @@ def test_missing_file_names_dataset_file_archive_path_and_url(tmp_path):
   _build_fails('clotho', tmp_path, manual,
                r'clotho: missing file aggregated_vggsound/vggsound-raw.hickle .*'
                r'data/CLOTHO/structured-symlinks/aggregated_vggsound/vggsound-raw.hickle.*'
-               + RELEASES['clotho'].url.replace('.', r'\.'))
+               + registry.DATASETS['clotho'].release.url.replace('.', r'\.'))
 
 
 def test_empty_manual_dir_explains_the_layout(tmp_path):

@@ -8,18 +8,18 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
-from data_builders.synthcaps import captions as captions_lib
-from data_builders.synthcaps import sounds
-from data_builders.synthcaps.generate import generate
-from data_builders.synthcaps.synthcaps_dataset_builder import Builder
 from jaxretrieval.data.releases import ReleaseReader
+from jaxretrieval.data.synthcaps import captions as captions_lib
+from jaxretrieval.data.synthcaps import sounds
+from jaxretrieval.data.synthcaps.generate import generate
+from jaxretrieval.data.tfds_builders import SynthCaps
 from jaxretrieval.text import WordVectors, tokenize
 
 
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   data_dir = tmp_path_factory.mktemp('tfds')
-  builder = Builder(config='tiny', data_dir=str(data_dir))
+  builder = SynthCaps(config='tiny', data_dir=str(data_dir))
   builder.download_and_prepare()
   return builder, data_dir
 

@@ -19,8 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxretrieval.data.releases import ReleaseReader
-from jaxretrieval.features.release_writer import folder_release
+from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.text import tokenize
 from tests.reference_checkpoint import (random_state_dict, reference_config, reference_keys,
                                         write_reference_checkpoint)
@@ -99,7 +98,7 @@ def recipe(published, tmp_path_factory) -> Recipe:
 
 
 def read_folder(out: pathlib.Path) -> dict[str, dict]:
-  reader = ReleaseReader('custom', out, folder_release(out, ['all'], {}))
+  reader = folder_reader(out, ['all'])
   return dict(reader.audio_examples('all'))
 
 

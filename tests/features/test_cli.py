@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import soundfile
 
-from jaxretrieval.data.releases import ReleaseReader, computed_release
+from jaxretrieval.data.registry import computed_release
+from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.features.experts import DIMS
 from jaxretrieval.text import WordVectors, tokenize
 

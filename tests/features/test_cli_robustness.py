@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.features import audio_io
 from jaxretrieval.features.__main__ import read_captions
-from jaxretrieval.features.release_writer import folder_release, item_id, relative_path
+from jaxretrieval.features.release_writer import folder_reader, item_id, relative_path
 
 NAMES = [' lead.wav', 'trail .wav', 'new\nline.wav', '100%.wav', 'café.wav']
 
@@ -48,8 +47,7 @@ def test_folder_of_odd_names_round_trips(tmp_path):
   assert not [p for p in tmp_path.iterdir() if p.name.startswith('.out.')]
   ids = (out / 'all_list.txt').read_text(encoding='utf-8').splitlines()
   assert sorted(relative_path(i) for i in ids) == sorted(names)
-  reader = ReleaseReader('custom', out, folder_release(out, ['all'], {'logmel': 128,
-                                                                       'spectral': 32}))
+  reader = folder_reader(out, ['all'], ('logmel', 'spectral'))
   examples = dict(reader.audio_examples('all'))
   assert sorted(examples) == sorted(ids)
   for item, example in examples.items():

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from jaxretrieval.data.release_files import ReleaseFileError, shard_name
-from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.features.pipeline import shard_of
-from jaxretrieval.features.release_writer import (Item, folder_release, write_items,
+from jaxretrieval.features.release_writer import (Item, folder_reader, write_items,
                                                   write_release, write_tables)
 from jaxretrieval.text import WordVectors
 
@@ -45,7 +44,7 @@ def test_shards_read_as_the_unsharded_release(tmp_path):
   read = {}
   for name in ('sharded', 'whole'):
     root = tmp_path / name
-    reader = ReleaseReader('custom', root, folder_release(root, ['all', 'train'], {}))
+    reader = folder_reader(root, ['all', 'train'])
     read[name] = (dict(reader.audio_examples('all')), dict(reader.examples('train')))
   for split in range(2):
     assert sorted(read['sharded'][split]) == sorted(read['whole'][split])
@@ -61,7 +60,7 @@ def test_shards_read_as_the_unsharded_release(tmp_path):
 def test_a_missing_or_repeated_shard_is_named(tmp_path):
   items, words = _items(), WordVectors({'a': np.ones(300)})
   _write_sharded(tmp_path, items, words)
-  reader = lambda: ReleaseReader('custom', tmp_path, folder_release(tmp_path, ['all'], {}))
+  reader = lambda: folder_reader(tmp_path, ['all'])
   lost = shard_name(tmp_path / 'aggregated_logmel' / 'logmel-raw.pkl', 1, 3)
   saved = lost.read_bytes()
   lost.unlink()

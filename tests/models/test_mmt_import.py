@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from configs import common, mmt_audiocaps
 from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import mmt_convert
 from jaxretrieval.checkpoints.bert_convert import BertCheckpointError
@@ -57,7 +58,8 @@ def test_imported_workdir_matches_the_original(tmp_path, reference):
   model, state_dict = reference
   path = tmp_path / 'trained_model.pth'
   write_reference_checkpoint(path, state_dict, original_config(), epoch=50, monitor_best=50)
-  meta = import_checkpoint(str(path), str(tmp_path / 'work'))
+  meta = import_checkpoint(str(path), str(tmp_path / 'work'), common.get_config(),
+                           mmt_base=mmt_audiocaps.get_config('protocol=original'))
   assert meta['variant'] == 'mmt' and meta['epoch'] == 50
   assert meta['experts'] == ['vggish', 'vggsound']
   config = ml_collections.ConfigDict(json.loads((tmp_path / 'work' / 'config.json').read_text()))
@@ -118,7 +120,7 @@ def test_unsupported_dataset_is_refused(reference):
   config = original_config('SoundDescs')
   spec = mmt_convert.spec_from_config(config, state_dict)
   with pytest.raises(BertCheckpointError, match="'SoundDescs'"):
-    mmt_convert.config_from_reference(config, spec)
+    mmt_convert.config_from_reference(config, spec, mmt_audiocaps.get_config())
 
 
 def test_training_starts_from_the_pretrained_text_bert(tmp_path, reference):

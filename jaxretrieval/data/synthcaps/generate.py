@@ -7,8 +7,8 @@ import pathlib
 
 import numpy as np
 
-from data_builders.synthcaps import captions as captions_lib
-from data_builders.synthcaps import sounds
+from jaxretrieval.data.synthcaps import captions as captions_lib
+from jaxretrieval.data.synthcaps import sounds
 from jaxretrieval.features.audio_io import write_wav
 from jaxretrieval.features.experts import extract
 from jaxretrieval.features.release_writer import Item, write_release

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from data_builders.synthcaps.sounds import Clip, Event
+from jaxretrieval.data.synthcaps.sounds import Clip, Event
 
 # kind -> (noun phrases (text, plural), gerunds)
 NOUNS = {
