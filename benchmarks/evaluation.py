@@ -78,7 +78,8 @@ def main(argv):
       t1 = time.perf_counter()
       text, weights = embedder.captions(variables, data, query_rows, table_)
       t2 = time.perf_counter()
-      results['ours'] = split_metrics(text, weights, audio, data.availability, masks)
+      results['ours'] = split_metrics(text, weights, audio, data.availability, masks,
+                                      embedder.names)
       t3 = time.perf_counter()
       parts.update(embed_items_s=t1 - t0, embed_captions_s=t2 - t1,
                    similarity_and_ranks_s=t3 - t2)

@@ -28,6 +28,7 @@ class Embedder:
   def __init__(self, model: RetrievalModel, chunk: int):
     self.chunk = chunk
     self.devices = jax.local_device_count()
+    self.names = tuple(model.spec.expert_names)  # the order of weights/availability columns
 
     def audio(variables, batch):
       return model.apply(variables, batch['experts'], batch['availability'], False,
@@ -73,33 +74,36 @@ class Embedder:
     return jax.tree.map(lambda x: x[inverse.reshape(-1)], out)
 
 
-@jax.jit
-def _similarity_rows(text, weights, audio, availability, rows):
+@functools.partial(jax.jit, static_argnames='names')
+def _similarity_rows(text, weights, audio, availability, rows, names):
   """Similarities `[C, N]` of the captions `rows` `[C]` against every item."""
   return mixture_similarity({e: t[rows] for e, t in text.items()}, weights[rows], audio,
-                            availability)
+                            availability, names)
 
 
-@functools.partial(jax.jit, static_argnums=4)
-def _ground_truth_scores(text, weights, audio, availability, k: int):
+@functools.partial(jax.jit, static_argnames=('k', 'names'))
+def _ground_truth_scores(text, weights, audio, availability, k: int, names):
   """S[r, r // k] for every caption row r: the mixture similarity of each caption with its
   own item, as a row-wise product (equal to the matrix entries up to rounding)."""
   own = lambda x: jnp.repeat(x, k, axis=0)
   avail = own(availability.astype(jnp.float32))  # [Q, M]
   w = weights.astype(jnp.float32) * avail
   dots = jnp.stack([jnp.sum(t.astype(jnp.float32) * own(audio[e]).astype(jnp.float32), axis=-1)
-                    for e, t in text.items()], axis=-1)  # [Q, M]
+                    for e, t in ((e, text[e]) for e in names)], axis=-1)  # [Q, M]
   return jnp.sum(w * dots, axis=-1) / jnp.sum(w, axis=-1)
 
 
 def split_metrics(text: dict, weights: np.ndarray, audio: dict, availability: np.ndarray,
-                  query_masks: np.ndarray) -> dict:
+                  query_masks: np.ndarray, names: tuple[str, ...]) -> dict:
   """t2a and a2t metrics of embedded captions (item-major, `[N * K, ...]`) and items `[N, ...]`,
-  scored on device in query chunks, each chunk once."""
+  scored on device in query chunks, each chunk once; `names`: the experts in the order of
+  the `weights` and `availability` columns."""
+  names = tuple(names)
   text, weights, audio, availability = jax.device_put((text, weights, audio, availability))
-  targets = _ground_truth_scores(text, weights, audio, availability, query_masks.shape[1])
+  targets = _ground_truth_scores(text, weights, audio, availability, k=query_masks.shape[1],
+                                 names=names)
   return metrics_from_scores(
-      lambda rows: _similarity_rows(text, weights, audio, availability, rows),
+      lambda rows: _similarity_rows(text, weights, audio, availability, rows, names=names),
       np.asarray(targets), len(availability), query_masks)
 
 
@@ -110,7 +114,7 @@ def evaluate_split(embedder: Embedder, variables, data: SplitData, num_captions:
   audio = embedder.items(variables, data)
   rows, masks = eval_queries(data, num_captions)
   text, weights = embedder.captions(variables, data, rows, table)
-  metrics = split_metrics(text, weights, audio, data.availability, masks)
+  metrics = split_metrics(text, weights, audio, data.availability, masks, embedder.names)
   metrics['seconds'] = time.time() - start
   metrics['num_items'] = len(data)
   return metrics

@@ -72,14 +72,14 @@ def model_inputs(batch: dict, word_table: jax.Array) -> dict:
           'text_row_mask': batch['row_mask']}
 
 
-def contrastive_loss(params, loss_config, text, weights, audio, availability,
+def contrastive_loss(params, loss_config, names, text, weights, audio, availability,
                      valid) -> jax.Array:
   """This device's share of the global-batch loss (summing over devices gives the loss)."""
   gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, tiled=True)
   all_text, all_weights, all_audio = gather(text), gather(weights), gather(audio)
   all_avail, all_valid = gather(availability), gather(valid)
-  s_rows = mixture_similarity(text, weights, all_audio, all_avail)  # [b, B]
-  s_cols = mixture_similarity(all_text, all_weights, audio, availability)  # [B, b]
+  s_rows = mixture_similarity(text, weights, all_audio, all_avail, names)  # [b, B]
+  s_cols = mixture_similarity(all_text, all_weights, audio, availability, names)  # [B, b]
   offset = jax.lax.axis_index(AXIS) * valid.shape[0]
   if loss_config.name == 'max_margin':
     total, count = losses.max_margin_terms(s_rows, s_cols, offset, all_valid,
@@ -101,7 +101,7 @@ def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array, *,
     (text, weights, audio), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, inputs, train=True,
         mutable=['batch_stats'], method=RetrievalModel.embed)
-    loss = contrastive_loss(params, loss_config, text, weights, audio,
+    loss = contrastive_loss(params, loss_config, model.spec.expert_names, text, weights, audio,
                             batch['availability'], batch['row_mask'] > 0)
     return loss, updates['batch_stats']
 

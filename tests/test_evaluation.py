@@ -47,6 +47,6 @@ def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   np.testing.assert_allclose(text['vggish'], direct['vggish'], atol=1e-6)
   np.testing.assert_allclose(weights, direct_weights, atol=1e-6)
   audio = embedder.items(replicated[0], data)
-  got = split_metrics(text, weights, audio, data.availability, masks)
-  sims = mixture_similarity(text, weights, audio, data.availability)
+  got = split_metrics(text, weights, audio, data.availability, masks, spec.expert_names)
+  sims = mixture_similarity(text, weights, audio, data.availability, spec.expert_names)
   assert got == retrieval_metrics(np.asarray(sims), masks)

@@ -220,7 +220,7 @@ class MMT(nn.Module):
     """`[Q, N]` similarities (see the module docstring on missing experts)."""
     if self.spec.keep_missing_modalities:
       availability = jnp.ones_like(availability)
-    return mixture_similarity(text, weights, audio, availability)
+    return mixture_similarity(text, weights, audio, availability, self.spec.expert_names)
 
   def __call__(self, batch: dict, train: bool) -> Array:
     """Similarity matrix `[Q, B]` between the batch's queries and items."""

@@ -144,7 +144,8 @@ class RetrievalModel(nn.Module):
   def __call__(self, batch: dict, train: bool) -> Array:
     """Similarity matrix `[Q, B]` between the batch's captions and items."""
     text, weights, audio = self.embed(batch, train)
-    return mixture_similarity(text, weights, audio, batch['availability'])
+    return mixture_similarity(text, weights, audio, batch['availability'],
+                              self.spec.expert_names)
 
 
 class MissingExpertsError(ValueError):

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -82,7 +83,7 @@ def test_similarity_renormalises_weights_over_available_experts():
   audio = {'a': unit(2, 3), 'b': unit(2, 5)}
   w = rng.dirichlet([1, 1], size=4)
   avail = np.array([[1, 1], [0, 1]])
-  s = np.asarray(mixture_similarity(text, jnp.asarray(w), audio, jnp.asarray(avail)))
+  s = np.asarray(mixture_similarity(text, jnp.asarray(w), audio, jnp.asarray(avail), ('a', 'b')))
   both = w[:, 0] * (text['a'] @ audio['a'][0]) + w[:, 1] * (text['b'] @ audio['b'][0])
   np.testing.assert_allclose(s[:, 0], both, atol=1e-6)
   # Item 1 has only expert b: its weight renormalises to 1.
@@ -146,3 +147,48 @@ def test_row_mask_keeps_padding_out_of_training_statistics():
   np.testing.assert_allclose(np.asarray(s_pad)[:3, :3], s_sub, atol=2e-5)
   for a, b in zip(jax.tree.leaves(u_pad), jax.tree.leaves(u_sub)):
     np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_similarity_pairs_columns_with_experts_by_name_not_by_dict_order():
+  """JAX rebuilds dicts with sorted keys (jit, pmap, all_gather), while the weight and
+  availability columns follow the model's order: `names` decides the pairing."""
+  rng = np.random.default_rng(1)
+  unit = lambda *s: (lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True))(rng.normal(size=s))
+  text = {'a': unit(3, 4), 'b': unit(3, 6)}  # dict order a, b
+  audio = {'a': unit(2, 4), 'b': unit(2, 6)}
+  w = rng.dirichlet([1, 3], size=3)  # columns: b, a (the model's order)
+  avail = np.array([[1, 1], [1, 0]])  # item 1 lacks a
+  s = np.asarray(mixture_similarity(text, jnp.asarray(w), audio, jnp.asarray(avail), ('b', 'a')))
+  want0 = w[:, 0] * (text['b'] @ audio['b'][0]) + w[:, 1] * (text['a'] @ audio['a'][0])
+  np.testing.assert_allclose(s[:, 0], want0, atol=1e-6)
+  np.testing.assert_allclose(s[:, 1], text['b'] @ audio['b'][1], atol=1e-6)
+
+
+def test_training_loss_pairs_experts_like_the_model_when_names_are_not_sorted():
+  """The pmapped loss (embeddings all-gathered across devices) equals the max-margin loss of
+  the model's own similarity matrix for experts whose order is not alphabetical."""
+  from jaxretrieval import train
+  from jaxretrieval.losses import max_margin_ranking_loss
+  spec = ModelSpec('ce', model_experts(['vggish', 'scene'], 2, dims={'scene': (24, 'avg')}),
+                   text_clusters=2, shared_dim=8)
+  assert spec.expert_names == ('vggish', 'scene')  # reference order: 'audio' < 'scene...'
+  rng = np.random.default_rng(2)
+  n = 4
+  table = jnp.asarray(rng.normal(size=(20, 300)), jnp.float32)
+  batch = {'experts': {'vggish': jnp.asarray(rng.normal(size=(n, 3, 128)), jnp.float32),
+                       'scene': jnp.asarray(rng.normal(size=(n, 24)), jnp.float32)},
+           'expert_lengths': {'vggish': jnp.full(n, 3), 'scene': jnp.ones(n, jnp.int32)},
+           'availability': jnp.asarray([[1, 1], [1, 0], [0, 1], [1, 1]], jnp.float32),
+           'text_ids': jnp.asarray(rng.integers(1, 20, (n, 5)), jnp.int32),
+           'text_lengths': jnp.full(n, 5), 'row_mask': jnp.ones(n, jnp.float32)}
+  model = RetrievalModel(spec, axis_name=train.AXIS)
+  inputs = train.model_inputs(batch, table)
+  variables = RetrievalModel(spec).init(jax.random.key(0), inputs, train=False)
+  loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2,
+                                           'fix_norm': True})
+  loss, _, _ = jax.pmap(lambda b, t: train.loss_and_grads(
+      variables['params'], variables['batch_stats'], b, t, model=model,
+      loss_config=loss_config), axis_name=train.AXIS)(
+          jax.tree.map(lambda x: x[None], batch), table[None])
+  sims, _ = RetrievalModel(spec).apply(variables, inputs, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(loss[0], max_margin_ranking_loss(sims), rtol=1e-5)

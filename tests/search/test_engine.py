@@ -44,7 +44,8 @@ def test_top_k_equals_direct_mixture_similarity(tiny_index, chunk):
                              method=RetrievalModel.encode_text)
   audio = {e: jnp.asarray(store.embeddings[:, i * 64:(i + 1) * 64]) for i, e in
            enumerate(store.spec.expert_names)}
-  want = np.asarray(mixture_similarity(emb, weights, audio, jnp.asarray(store.availability)))[0]
+  want = np.asarray(mixture_similarity(emb, weights, audio, jnp.asarray(store.availability),
+                                       store.spec.expert_names))[0]
   order = np.argsort(-want, kind='stable')
   assert [h.row for h in result.hits] == list(order)
   np.testing.assert_allclose([h.score for h in result.hits], want[order], atol=1e-5)
