@@ -79,8 +79,9 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except flags.Error as e:
     sys.exit(f'launch.py: {e}\nPass --help for the flags.')
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections reports an unknown field as the repr of "'key'\nDid you mean ...".
+  except (AttributeError, KeyError) as e:
+    # ml_collections reports an unknown field of a --config.X override as the repr of
+    # "'key'\nDid you mean ..."; any other error (e.g. inside a config file) is raised.
     text = str(e)
     try:
       text = ast.literal_eval(text)
@@ -88,7 +89,9 @@ def _parse_flags(argv):
       pass
     key = text.split("'")[1] if text.count("'") >= 2 else ''
     arg = next((a for a in argv if a.startswith('--config.') and
-                a.split('=')[0].endswith(f'.{key}')), 'a --config override')
+                a.split('=')[0].endswith(f'.{key}')), None)
+    if arg is None:
+      raise
     sys.exit(f'launch.py: {arg}: unknown config field {key!r}. '
              + ' '.join(text.splitlines()[1:]))
 

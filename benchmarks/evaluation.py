@@ -34,7 +34,8 @@ from benchmarks.common import alternate, emit, machine, set_threads, synthetic_s
 from configs import common
 from jaxretrieval.checkpoints import convert
 from jaxretrieval.evaluation import Embedder, split_metrics
-from jaxretrieval.experts import KNOWN_EXPERTS, model_spec
+from jaxretrieval.data.registry import EXPERTS
+from jaxretrieval.experts import model_spec
 from jaxretrieval.input_pipeline import eval_queries
 from jaxretrieval.metrics import metrics_from_ranks
 from jaxretrieval.models import RetrievalModel
@@ -112,7 +113,7 @@ def main(argv):
 
 def _original(model, data, words, query_rows, masks, results):
   """The reference's test evaluation of `data` (inputs converted once, outside the timing)."""
-  ref = {e: KNOWN_EXPERTS[e].ref_name for e in data.experts}
+  ref = {e: EXPERTS[e].reference_name for e in data.experts}
   experts = {ref[e]: torch.from_numpy(x) for e, x in data.experts.items()}
   ind = torch.from_numpy(np.ascontiguousarray(data.availability, np.float32))
   text = torch.from_numpy(words[data.caption_ids[query_rows]])

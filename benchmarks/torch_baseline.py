@@ -260,12 +260,12 @@ def retrieval_ranks(sims: np.ndarray, query_masks: np.ndarray):
 
 def from_spec(spec) -> CENet:
   """The baseline model of a jaxretrieval `ModelSpec` (temporal experts, CE or MoEE)."""
-  from jaxretrieval.experts import KNOWN_EXPERTS
+  from jaxretrieval.data.registry import EXPERTS
   clusters = {e.clusters for e in spec.experts}
   if len(clusters) != 1 or any(e.temporal != 'vlad' for e in spec.experts):
     raise ValueError('the baseline builds models whose experts are all NetVLAD-pooled with '
                      f'one cluster count; got {spec.experts}')
-  return CENet(spec.variant, [KNOWN_EXPERTS[e.name].ref_name for e in spec.experts],
+  return CENet(spec.variant, [EXPERTS[e.name].reference_name for e in spec.experts],
                clusters.pop(), spec.text_clusters, spec.text_ghost_clusters, spec.shared_dim,
                spec.text_dim)
 
@@ -274,8 +274,8 @@ def batch_from_host(batch: dict, words: np.ndarray) -> dict:
   """The baseline's training batch from a jaxretrieval host batch (`train_batches`): experts
   under reference names, availability, and the captions' word vectors, as the reference's
   data loader hands them over."""
-  from jaxretrieval.experts import KNOWN_EXPERTS
-  return {'experts': {KNOWN_EXPERTS[e].ref_name: torch.from_numpy(np.ascontiguousarray(x))
+  from jaxretrieval.data.registry import EXPERTS
+  return {'experts': {EXPERTS[e].reference_name: torch.from_numpy(np.ascontiguousarray(x))
                       for e, x in batch['experts'].items()},
           'ind': torch.from_numpy(np.ascontiguousarray(batch['availability'], np.float32)),
           'text': torch.from_numpy(words[batch['text_ids']])}

@@ -15,6 +15,7 @@ they are not comparable with per-caption numbers. Arguments: `seed`, `protocol`,
 import ml_collections
 
 from configs import common
+from jaxretrieval.data import registry
 
 # max_text_words, max_expert_tokens of the original configs.
 TOKENS = {'audiocaps': (52, 32), 'clotho': (21, 95)}
@@ -26,7 +27,7 @@ def experiment(dataset: str, arg: str | None = None) -> ml_collections.ConfigDic
   a = common.parse_arg(arg, experts=('vggish', 'vggsound'), seed=0, protocol='per_caption')
   if a.protocol not in PROTOCOLS:
     raise ValueError(f'protocol={a.protocol!r}: expected one of {PROTOCOLS}')
-  c = common.with_dataset(common.get_config(), dataset)
+  c = registry.configure(common.get_config(), dataset)
   c.seed = a.seed
   c.experts = tuple(a.experts)
   text_tokens, expert_tokens = TOKENS[dataset]

@@ -32,7 +32,7 @@ if __name__ == '__main__':
   flags.DEFINE_string('data', None, 'TFDS name or features folder (default: the workdir dataset)')
   flags.DEFINE_string('split', None, 'index only this split')
   flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: the workdir config)')
-  flags.DEFINE_string('word_vectors', None, 'query word vectors (word2vec .bin/.txt or .pkl)')
+  flags.DEFINE_string('word_vectors', None, 'query word vectors (word2vec .bin/.txt, a word_vectors.npz table or an older .pkl)')
   flags.DEFINE_multi_string('audio_root', None, 'folder holding the collection\'s audio '
                             '(repeatable; default: the features folder or TFDS downloads)')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16'], 'storage of the embeddings')

@@ -3,9 +3,9 @@
 The train step is pmapped over all local devices: each device embeds its shard, the
 embeddings are all-gathered so the ranking loss sees the whole global batch's negatives,
 BatchNorm takes its statistics over the global batch, and gradients are summed. Every epoch
-ends with validation (first caption only), a `latest` checkpoint and, when the validation
-t2a geometric mean is at least the best so far, a `best` one; the test split is evaluated
-with the best checkpoint at the end. Re-running in the same workdir resumes.
+ends with validation (first caption only) and one checkpoint carrying its t2a geometric
+mean (see `checkpointing`: the newest two and the best are kept); the test split is
+evaluated with the best checkpoint at the end. Re-running in the same workdir resumes.
 """
 
 import dataclasses
@@ -138,6 +138,7 @@ class TrainMeta:
   learning_rate: float | None = None  # the rate of the next epoch: what a fine-tune starts from
   optimizer: str = ''  # config.optimizer.name
   val: dict | None = None  # validation metrics of this epoch
+  train_seconds: float = 0.0  # training and validation time of all epochs so far
 
   @classmethod
   def from_json(cls, meta: dict) -> 'TrainMeta':
@@ -262,12 +263,6 @@ def _host(state: TrainState) -> dict:
   return {'model': {'params': s.params, 'batch_stats': s.batch_stats}, 'optimizer': s.opt_state}
 
 
-def restore_variables(mngr, step: int, template: dict, config) -> dict:
-  """The model variables of checkpoint `step`, shaped like `template` (checked first)."""
-  _check_fits(mngr, step, template, config)
-  return checkpointing.restore(mngr, step, ('model',), {'model': template})['model']
-
-
 def _check_fits(mngr, step: int, template: dict, config) -> None:
   """Refuses a checkpoint whose variables differ from the model's, naming the config fields
   that differ from the checkpoint's run (its workdir's config.json)."""
@@ -334,11 +329,13 @@ def _initialise_from(run: Run) -> tuple[TrainState, TrainMeta]:
     raise FileNotFoundError(f'config.init_from={source} holds no checkpoint '
                             f'({checkpointing.checkpoint_dir(source)} is missing)')
   src = checkpointing.manager(source)
-  best = checkpointing.best_step(src)
-  if best is None:
+  if checkpointing.best_step(src) is None:
     raise FileNotFoundError(f'config.init_from={source} holds no checkpoint '
                             f'({checkpointing.checkpoint_dir(source)} is empty)')
-  variables = restore_variables(src, best, run.init_variables(), config)
+  template = run.init_variables()
+  best, variables = checkpointing.restore_best_model(
+      src, template, f'fine-tuning from {source}',
+      check=lambda s: _check_fits(src, s, template, config))
   meta = TrainMeta(base_lr=config.optimizer.learning_rate, optimizer=config.optimizer.name)
   if not config.init_optimizer:
     logging.info('Starting from the weights of %s/%d with a new optimizer', src.directory, best)
@@ -346,14 +343,16 @@ def _initialise_from(run: Run) -> tuple[TrainState, TrainMeta]:
   newest = src.latest_step()
   source_meta = checkpointing.restore(src, newest, ('meta',))['meta']
   if source_meta.get('learning_rate') is None:
-    raise ValueError(f'{src.directory}/{newest} records no learning rate to resume from: set '
-                     'config.init_optimizer=False to fine-tune with a new optimizer')
+    raise checkpointing.CheckpointError(
+        f'{src.directory}/{newest} records no learning rate to resume from: set '
+        'config.init_optimizer=False to fine-tune with a new optimizer')
   meta.base_lr = float(source_meta['learning_rate'])
   state = run.new_state(meta.base_lr, variables)
   if source_meta.get('optimizer_format') == 'reference_ranger':
     if config.optimizer.name != 'ranger':
-      raise ValueError(f'{source} holds a reference Ranger state: fine-tune with '
-                       "config.optimizer.name='ranger' or config.init_optimizer=False")
+      raise checkpointing.CheckpointError(
+          f'{source} holds a reference Ranger state: fine-tune with '
+          "config.optimizer.name='ranger' or config.init_optimizer=False")
     if not source_meta.get('optimizer_steps'):
       logging.info('%s: the reference Ranger never stepped; a new Ranger starts on its weights '
                    'at lr %g, as the reference would', source, meta.base_lr)
@@ -361,8 +360,9 @@ def _initialise_from(run: Run) -> tuple[TrainState, TrainMeta]:
     reference = checkpointing.restore(src, newest, ('optimizer',))['optimizer']
     return state.replace(opt_state=with_reference_state(state.opt_state, reference)), meta
   if source_meta.get('optimizer') != config.optimizer.name:
-    raise ValueError(f'{source} was trained with {source_meta.get("optimizer")}, this run with '
-                     f'{config.optimizer.name}: set config.init_optimizer=False')
+    raise checkpointing.CheckpointError(
+        f'{source} was trained with {source_meta.get("optimizer")}, this run with '
+        f'{config.optimizer.name}: set config.init_optimizer=False')
   restored = checkpointing.restore(src, newest, ('optimizer',),
                                    {'optimizer': state.opt_state})['optimizer']
   if config.optimizer.name == 'ranger':
@@ -410,9 +410,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = run.steps_per_epoch * config.num_epochs
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
-  step, started = meta.step, time.time()
+  step = meta.step
   for epoch in range(meta.epoch, config.num_epochs):
-    history, first = [], step
+    history, first, started = [], step, time.time()
     for batch in run.batches(epoch):
       state, metrics = p_train_step(state, batch)
       history.append(metrics)
@@ -433,12 +433,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  config.num_epochs, val['t2a']['R1'], val['t2a']['R10'], score)
     host = _host(state)
     meta = dataclasses.replace(meta, epoch=epoch + 1, step=step,
-                               learning_rate=float(schedule(step)), val=val)
+                               learning_rate=float(schedule(step)), val=val,
+                               train_seconds=meta.train_seconds + time.time() - started)
     checkpointing.save(mngr, epoch + 1, host['model'], dataclasses.asdict(meta),
                        host['optimizer'], score=score)
-  seconds = time.time() - started
   results = test_checkpoint(run, mngr, writer)
-  results.update(epochs_trained=meta.epoch, train_seconds=seconds)
+  results.update(epochs_trained=meta.epoch, train_seconds=meta.train_seconds)
   if primary:
     write_results(workdir, results)
   writer.flush()
@@ -465,7 +465,8 @@ def test_checkpoint(run: Run, mngr, writer) -> dict:
   num_params = sum(x.size for x in jax.tree.leaves(variables['params']))
   results = results_record(config, run.spec, test, num_params)
   results.update(checkpoint=f'{mngr.directory}/{step}', best_epoch=step,
-                 val_best=meta.get('val'), source=meta.get('source'))
+                 epochs_trained=mngr.latest_step(), val_best=meta.get('val'),
+                 source=meta.get('source'))
   return results
 
 
@@ -512,8 +513,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Test metrics of a workdir's best checkpoint (a trained run or an imported one), written
   to `eval_results.{json,md}` and TensorBoard; the training record stays as it is."""
   workdir = pathlib.Path(workdir)
-  mngr = checkpointing.manager(workdir)
-  if checkpointing.best_step(mngr) is None:
+  mngr = (checkpointing.manager(workdir) if checkpointing.checkpoint_dir(workdir).is_dir()
+          else None)
+  if mngr is None or checkpointing.best_step(mngr) is None:
     raise FileNotFoundError(f'{workdir} has no checkpoint ({checkpointing.checkpoint_dir(workdir)}'
                             ' is empty or missing): train it first, or import one')
   run = Run(config, workdir, load_datasets(config, test_only=True))

@@ -198,7 +198,7 @@ def config_from_reference(ref: dict, spec: MMTSpec,
 
 def import_checkpoint(ref: ReferenceCheckpoint, checkpoint: str, out: str,
                       base: ml_collections.ConfigDict, data_dir: str = '') -> dict:
-  """Writes a workdir (config.json, reference_config.json, best checkpoint); returns its meta."""
+  """Writes a workdir (config.json, reference_config.json, one checkpoint); returns its meta."""
   spec = spec_from_config(ref.config, ref.state_dict)
   variables = convert_state_dict(ref.state_dict, spec)
   config = config_from_reference(ref.config, spec, base)

@@ -57,6 +57,13 @@ class _StorageType:
 
 def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride, *unused) -> np.ndarray:
   del unused  # requires_grad, backward hooks, metadata
+  size, stride, offset = tuple(int(s) for s in size), tuple(int(s) for s in stride), int(offset)
+  # The view must lie inside its storage: a crafted file could otherwise read other memory.
+  last = offset + sum((n - 1) * s for n, s in zip(size, stride)) if all(size) else offset - 1
+  if (offset < 0 or len(stride) != len(size) or any(s < 0 for s in stride) or
+      any(n < 0 for n in size) or last >= len(storage)):
+    raise TorchFileError(f'a tensor of shape {size}, strides {stride} at offset {offset} does '
+                         f'not fit its storage of {len(storage)} elements (corrupt file)')
   if not size:
     return storage[offset:offset + 1].reshape(()).copy()
   itemsize = storage.dtype.itemsize
@@ -160,8 +167,12 @@ def _load_legacy(path: pathlib.Path, f) -> Any:
   header.load(), header.load()  # protocol version, sys_info
   start = f.tell()
   seen: dict[str, tuple[np.dtype, int]] = {}
+  size = path.stat().st_size
 
   def record(key, dtype, numel):
+    if not 0 <= numel * dtype.itemsize <= size:  # a storage cannot be larger than the file
+      raise TorchFileError(f'{path}: storage {key} claims {numel} elements, more than the '
+                           'file holds (corrupt file)')
     seen[key] = (dtype, numel)
     return np.zeros(numel, dtype)
 

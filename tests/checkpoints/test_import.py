@@ -337,3 +337,13 @@ def test_a_ranger_that_never_stepped_imports_its_weights_and_learning_rate(
                              jax.tree.leaves(want)):
     np.testing.assert_array_equal(slow, w)
     np.testing.assert_array_equal(weight, w)
+
+
+def test_tensor_views_outside_their_storage_are_refused():
+  from jaxretrieval.checkpoints.torch_pickle import _rebuild_tensor
+  storage = np.arange(6, dtype=np.float32)
+  np.testing.assert_array_equal(_rebuild_tensor(storage, 1, (2, 2), (2, 1)), [[1, 2], [3, 4]])
+  for offset, size, stride in ((2, (5,), (1,)), (-1, (2,), (1,)), (0, (2, 2), (5, 1)),
+                               (0, (3,), (-1,)), (6, (), ())):
+    with pytest.raises(TorchFileError, match='does not fit its storage'):
+      _rebuild_tensor(storage, offset, size, stride)
