@@ -10,7 +10,6 @@ reference's config sets), `reference_config.json` and `checkpoints/<epoch>/` wit
 evaluates it. torch is not needed.
 """
 
-import json
 import pathlib
 import sys
 
@@ -20,7 +19,6 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
-from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints import convert
 from jaxretrieval.checkpoints import mmt_convert
 from jaxretrieval.data import registry
@@ -89,10 +87,6 @@ def import_checkpoint(checkpoint: str, out: str, base: ml_collections.ConfigDict
   ranger = None
   if isinstance(ref.optimizer, dict):
     ranger = convert.convert_ranger_state(ref.optimizer, ref.state_dict, spec)
-  out_dir = pathlib.Path(out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  (out_dir / 'reference_config.json').write_text(json.dumps(ref.config, indent=2, default=str))
   epoch = ref.epoch or 0
   meta = {'epoch': epoch, 'step': 0, 'source': str(pathlib.Path(checkpoint).absolute()),
           'val_t2a_geometric_mean': ref.monitor_best, 'variant': spec.variant,
@@ -105,9 +99,8 @@ def import_checkpoint(checkpoint: str, out: str, base: ml_collections.ConfigDict
           'optimizer_steps': int(ranger['step']) if ranger is not None else None,
           'learning_rate': float(ranger['learning_rate']) if ranger is not None else None}
   optimizer = ranger if ranger is not None and ranger['step'] > 0 else None
-  checkpointing.save(checkpointing.manager(out_dir), epoch,
-                     {'params': variables['params'], 'batch_stats': variables['batch_stats']},
-                     meta, optimizer)
+  convert.write_workdir(out, config, ref.config, epoch, {
+      'params': variables['params'], 'batch_stats': variables['batch_stats']}, meta, optimizer)
   return meta
 
 

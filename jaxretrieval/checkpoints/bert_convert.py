@@ -37,19 +37,25 @@ class BertCheckpointError(ValueError):
   """A BERT state_dict does not fit the architecture it is loaded into."""
 
 
+def config_values(c: dict) -> dict:
+  """BertConfig fields from a Hugging Face-style BERT config dict (raises KeyError)."""
+  return dict(vocab_size=c.get('vocab_size'), hidden_size=c['hidden_size'],
+              num_layers=c['num_hidden_layers'], num_heads=c['num_attention_heads'],
+              intermediate_size=c['intermediate_size'],
+              max_positions=c['max_position_embeddings'],
+              type_vocab_size=c['type_vocab_size'],
+              layer_norm_eps=c.get('layer_norm_eps', 1e-12),
+              hidden_dropout=c['hidden_dropout_prob'],
+              attention_dropout=c['attention_probs_dropout_prob'],
+              initializer_range=c.get('initializer_range', 0.02))
+
+
 def config_from_hf_json(path: str | pathlib.Path, **overrides) -> BertConfig:
   """The BertConfig of a Hugging Face `config.json` (dropout rates from it unless overridden)."""
   try:
     c = json.loads(pathlib.Path(path).read_text())
-    values = dict(vocab_size=c['vocab_size'], hidden_size=c['hidden_size'],
-                  num_layers=c['num_hidden_layers'], num_heads=c['num_attention_heads'],
-                  intermediate_size=c['intermediate_size'],
-                  max_positions=c['max_position_embeddings'],
-                  type_vocab_size=c['type_vocab_size'],
-                  layer_norm_eps=c.get('layer_norm_eps', 1e-12),
-                  hidden_dropout=c['hidden_dropout_prob'],
-                  attention_dropout=c['attention_probs_dropout_prob'],
-                  initializer_range=c.get('initializer_range', 0.02))
+    values = config_values(c)
+    values['vocab_size'] = c['vocab_size']
   except (OSError, json.JSONDecodeError, KeyError) as e:
     raise BertCheckpointError(f'{path}: not a readable BERT config.json ({e!r})') from e
   if c.get('hidden_act', 'gelu') != 'gelu':

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxretrieval import checkpointing
 from jaxretrieval.checkpoints.torch_pickle import Opaque, load_pth
 from jaxretrieval.data.registry import EXPERTS_BY_REFERENCE_NAME as BY_REF_NAME
 from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
@@ -257,3 +258,15 @@ def convert_ranger_state(optimizer: dict, state_dict: dict[str, np.ndarray],
     raise CheckpointMismatch(f'parameters disagree on the Ranger step count: {sorted(steps)}')
   return {'step': np.int32(steps.pop()), 'learning_rate': np.float32(group['lr']),
           **{k: _nest(v) for k, v in trees.items()}}
+
+
+def write_workdir(out: str | pathlib.Path, config, reference_config: dict, epoch: int,
+                  variables: dict, meta: dict, optimizer: Any = None) -> None:
+  """The workdir of an imported checkpoint: `config.json` (ours), `reference_config.json`
+  (the original's) and one checkpoint at `epoch` (model variables, meta, optimizer state)."""
+  out_dir = pathlib.Path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
+  (out_dir / 'reference_config.json').write_text(json.dumps(reference_config, indent=2,
+                                                            default=str))
+  checkpointing.save(checkpointing.manager(out_dir), epoch, variables, meta, optimizer)

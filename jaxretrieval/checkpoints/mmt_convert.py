@@ -10,7 +10,6 @@ http://www.robots.ox.ac.uk/~vgg/research/collaborative-experts/data/models/audio
 """
 
 import dataclasses
-import json
 import pathlib
 import re
 from typing import Any
@@ -19,10 +18,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxretrieval import checkpointing
 from jaxretrieval.data import registry
 from jaxretrieval.checkpoints import bert_convert
-from jaxretrieval.checkpoints.convert import ReferenceCheckpoint
+from jaxretrieval.checkpoints.convert import ReferenceCheckpoint, write_workdir
 from jaxretrieval.checkpoints.bert_convert import BertCheckpointError
 from jaxretrieval.models.bert import BERT_BASE_CASED, BertConfig
 from jaxretrieval.models.mmt import (MMTExpert, MMTSpec, TOKEN_TYPES, abstract_variables,
@@ -69,15 +67,7 @@ def spec_from_config(config: dict, state_dict: dict[str, np.ndarray]) -> MMTSpec
     if key not in state_dict:
       raise BertCheckpointError(f'state_dict has no {key!r} for expert {m}')
     experts.append(MMTExpert(m, int(state_dict[key].shape[1]), TOKEN_TYPES[m]))
-  audio = BertConfig(vocab_size=None, hidden_size=vid['hidden_size'],
-                     num_layers=vid['num_hidden_layers'], num_heads=vid['num_attention_heads'],
-                     intermediate_size=vid['intermediate_size'],
-                     max_positions=vid['max_position_embeddings'],
-                     type_vocab_size=vid['type_vocab_size'],
-                     layer_norm_eps=vid.get('layer_norm_eps', 1e-12),
-                     hidden_dropout=vid['hidden_dropout_prob'],
-                     attention_dropout=vid['attention_probs_dropout_prob'],
-                     initializer_range=vid.get('initializer_range', 0.02))
+  audio = BertConfig(**dict(bert_convert.config_values(vid), vocab_size=None))
   txt = args.get('txt_bert_params') or {'hidden_dropout_prob': vid['hidden_dropout_prob'],
                                         'attention_probs_dropout_prob':
                                             vid['hidden_dropout_prob']}
@@ -206,15 +196,11 @@ def import_checkpoint(ref: ReferenceCheckpoint, checkpoint: str, out: str,
   if mmt_spec(config, {e.name: e.dim for e in spec.experts}) != spec:
     raise BertCheckpointError('the original config describes an MMT that this project\'s '
                               'config cannot rebuild (different dropout rates in its parts)')
-  out_dir = pathlib.Path(out)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  (out_dir / 'config.json').write_text(config.to_json_best_effort(indent=2))
-  (out_dir / 'reference_config.json').write_text(json.dumps(ref.config, indent=2, default=str))
   epoch = ref.epoch or 0
   meta = {'epoch': epoch, 'step': 0, 'source': str(pathlib.Path(checkpoint).absolute()),
           'val_t2a_geometric_mean': None, 'variant': 'mmt',
           'experts': list(spec.expert_names),
           'num_parameters': int(sum(a.size for a in jax.tree.leaves(variables['params']))),
           'optimizer_format': None}
-  checkpointing.save(checkpointing.manager(out_dir), epoch, variables, meta)
+  write_workdir(out, config, ref.config, epoch, variables, meta)
   return meta
