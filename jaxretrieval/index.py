@@ -60,8 +60,11 @@ def main(argv):
     return
   if not f.workdir or not f.out:
     sys.exit('pass --workdir and --out to build an index (or --add/--remove with --to)')
-  store = build_index(f.workdir, f.out, f.data, f.split, f.data_dir, f.word_vectors, f.dtype,
-                      f.audio_root)
+  try:
+    store = build_index(f.workdir, f.out, f.data, f.split, f.data_dir, f.word_vectors, f.dtype,
+                        f.audio_root)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f'cannot build {f.out}: {e}')
   print(f'indexed {len(store)} items into {f.out}; search with: python -m jaxretrieval.search '
         f'--index {f.out} "a dog barks"')
 

@@ -49,6 +49,7 @@ def _other_spec(index, name):
 def _more_items(index, name):
   meta = json.loads((index / name).read_text())
   meta['num_items'] += 1
+  meta['shards'][0]['items'] += 1
   (index / name).write_text(json.dumps(meta))
 
 
