@@ -150,11 +150,11 @@ class IndexStore:
       words = WordVectors.load(words_file)
     except ValueError as e:  # names the file: truncated, malformed, or a refused pickle
       raise IndexFileError(f'{e}; {REBUILD}') from e
+    parts = [_load_shard(directory, prefix, n, spec) for prefix, n in shards.items()]
     _check_variables(directory / 'model.msgpack', variables, spec)
     if words.dim != spec.text_dim:
       raise IndexFileError(f'{words_file}: {words.dim}-d word vectors, but the model in '
                            f'meta.json reads {spec.text_dim}-d ones; {REBUILD}')
-    parts = [_load_shard(directory, prefix, n, spec) for prefix, n in shards.items()]
     embeddings, availability, items = zip(*parts)
     items = {key: [x for part in items for x in part[key]] for key in items[0]}
     if len(set(items['ids'])) != len(items['ids']):
