@@ -67,11 +67,48 @@ def contained(path: str, roots: list[str]) -> pathlib.Path | None:
   return resolved if any(resolved.is_relative_to(r) for r in roots) else None
 
 
+class ShardRows:
+  """The rows of several memory-mapped shard arrays read as one `[N, D]` array, without
+  copying them into one: rows by index, slices (step 1) and lists of rows are read from the
+  shards that hold them."""
+
+  def __init__(self, parts: list[np.ndarray]):
+    self.parts = parts
+    self.starts = np.cumsum([0] + [len(p) for p in parts])
+    self.shape = (int(self.starts[-1]),) + parts[0].shape[1:]
+    self.dtype = parts[0].dtype
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    out = np.concatenate(self.parts)
+    return out if dtype is None else out.astype(dtype)
+
+  def __getitem__(self, key):
+    if isinstance(key, slice):
+      start, stop, step = key.indices(len(self))
+      if step != 1:
+        raise IndexError('ShardRows: slices with a step are not supported')
+      pieces = [p[max(start - a, 0):max(min(stop, b) - a, 0)]
+                for p, a, b in zip(self.parts, self.starts[:-1], self.starts[1:])]
+      return np.concatenate(pieces)
+    if np.ndim(key) == 0:
+      row = int(key) + len(self) if int(key) < 0 else int(key)
+      if not 0 <= row < len(self):
+        raise IndexError(f'row {key} of {len(self)}')
+      part = int(np.searchsorted(self.starts, row, side='right')) - 1
+      return self.parts[part][row - self.starts[part]]
+    return np.stack([self[r] for r in np.asarray(key).reshape(-1)]).reshape(
+        np.shape(key) + self.shape[1:])
+
+
 @dataclasses.dataclass
 class IndexStore:
   spec: ModelSpec
   text_tokens: int
-  embeddings: np.ndarray  # [N, sum d_e]
+  embeddings: np.ndarray | ShardRows  # [N, sum d_e]; memory-mapped when loaded
   availability: np.ndarray  # [N, M]
   ids: list[str]
   audio_paths: list[str]
@@ -164,7 +201,7 @@ class IndexStore:
       logging.warning('%s records no audio root (an index from an older version): its audio '
                       'is not served; %s', meta_file, REBUILD)
     return cls(spec=spec, text_tokens=text_tokens,
-               embeddings=embeddings[0] if len(parts) == 1 else np.concatenate(embeddings),
+               embeddings=embeddings[0] if len(parts) == 1 else ShardRows(list(embeddings)),
                availability=np.concatenate(availability), ids=items['ids'],
                audio_paths=items['audio_paths'], variables=variables, words=words,
                provenance=meta.get('provenance', {}), audio_roots=roots,

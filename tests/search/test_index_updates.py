@@ -35,6 +35,7 @@ def test_add_then_remove_equals_a_rebuild(tiny_workdir, tmp_path, monkeypatch):
   assert embedded == [['b1', 'b2']]  # only the new items went through the audio tower
   grown = IndexStore.load(index)
   assert grown.ids == ['a1', 'a2', 'a3', 'b1', 'b2'] and len(grown.shards) == 2
+  assert all(isinstance(p, np.memmap) for p in grown.embeddings.parts)  # not copied into one
   assert str((tmp_path / 'second').resolve()) in grown.audio_roots
   with pytest.raises(ValueError, match='already in'):
     add_to_index(str(index), str(tmp_path / 'second'))

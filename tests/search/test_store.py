@@ -107,3 +107,20 @@ def test_an_index_with_a_code_running_word_table_is_refused(index):
   with pytest.raises(IndexFileError, match=r'word_vectors\.pkl: refused to load'):
     IndexStore.load(index)
   assert not target.exists()
+
+
+def test_shard_rows_read_as_one_array():
+  from jaxretrieval.search.store import ShardRows
+  parts = [np.arange(6.0).reshape(3, 2), np.arange(6.0, 8.0).reshape(1, 2),
+           np.arange(8.0, 14.0).reshape(3, 2)]
+  whole = np.concatenate(parts)
+  rows = ShardRows(parts)
+  assert rows.shape == (7, 2) and len(rows) == 7 and rows.dtype == whole.dtype
+  np.testing.assert_array_equal(np.asarray(rows), whole)
+  for key in (slice(0, 7), slice(2, 5), slice(3, 4), slice(5, 100), slice(4, 2)):
+    np.testing.assert_array_equal(rows[key], whole[key])
+  for row in (0, 2, 3, 4, 6, -1):
+    np.testing.assert_array_equal(rows[row], whole[row])
+  np.testing.assert_array_equal(rows[[6, 0, 3]], whole[[6, 0, 3]])
+  with pytest.raises(IndexError):
+    rows[7]  # pylint: disable=pointless-statement
