@@ -23,7 +23,7 @@ from jaxretrieval.experts import model_spec
 from jaxretrieval.features.experts import DIMS
 from jaxretrieval.features.release_writer import folder_release
 from jaxretrieval.models import RetrievalModel
-from jaxretrieval.search.store import IndexStore, commit, contained, new_shard_prefix
+from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix
 from jaxretrieval.search.store import variable_shapes, write_shard
 from jaxretrieval.text import WordVectors
 
@@ -211,7 +211,11 @@ def add_to_index(index: str, data: str, workdir: str | None = None, split: str |
   """Embeds the items of `data` with the index's own model and appends them as a new shard;
   returns their number. The workdir (default: the one the index was built from) gives only
   the input settings (token limits); the weights are the index's."""
-  directory = pathlib.Path(index)
+  with changing(pathlib.Path(index)):
+    return _add(pathlib.Path(index), data, workdir, split, data_dir, audio_roots)
+
+
+def _add(directory, data, workdir, split, data_dir, audio_roots) -> int:
   store = IndexStore.load(directory)
   workdir = workdir or store.provenance.get('workdir')
   if not workdir:
@@ -243,7 +247,11 @@ def add_to_index(index: str, data: str, workdir: str | None = None, split: str |
 def remove_from_index(index: str, ids: list[str]) -> int:
   """Removes the items `ids` (all must be in the index); returns the number left. Only the
   shards holding them are rewritten."""
-  directory = pathlib.Path(index)
+  with changing(pathlib.Path(index)):
+    return _remove(pathlib.Path(index), ids)
+
+
+def _remove(directory: pathlib.Path, ids: list[str]) -> int:
   store = IndexStore.load(directory)
   drop = set(ids)
   unknown = sorted(drop - set(store.ids))

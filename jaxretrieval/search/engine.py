@@ -202,7 +202,8 @@ class SearchEngine:
         name = pathlib.Path(store.audio_paths[row] or store.ids[row]).stem
         text = ' '.join(w for w in tokenize(re.sub(r'[_.]', ' ', name))
                         if store.words.known_form(w) and not w.isdigit())
-      if text and text not in found and len(store.words.encode_query(text).vectors):
+      if (text and len(text) <= MAX_QUERY_CHARS and text not in found
+          and len(store.words.encode_query(text).vectors)):
         found.append(text)
       if len(found) == n:
         break

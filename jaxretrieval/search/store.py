@@ -21,7 +21,9 @@ the file at fault, so a mixed-up or truncated index is refused at load instead o
 every query.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -100,8 +102,16 @@ class ShardRows:
         raise IndexError(f'row {key} of {len(self)}')
       part = int(np.searchsorted(self.starts, row, side='right')) - 1
       return self.parts[part][row - self.starts[part]]
-    return np.stack([self[r] for r in np.asarray(key).reshape(-1)]).reshape(
-        np.shape(key) + self.shape[1:])
+    rows = np.asarray(key, np.int64).reshape(-1)
+    rows = np.where(rows < 0, rows + len(self), rows)
+    if rows.size and not (0 <= rows.min() and rows.max() < len(self)):
+      raise IndexError(f'rows outside 0..{len(self) - 1}')
+    part = np.searchsorted(self.starts, rows, side='right') - 1
+    out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+    for p in np.unique(part):
+      chosen = part == p
+      out[chosen] = self.parts[p][rows[chosen] - self.starts[p]]
+    return out.reshape(np.shape(key) + self.shape[1:])
 
 
 @dataclasses.dataclass
@@ -220,6 +230,21 @@ def write_shard(directory: pathlib.Path, prefix: str, embeddings: np.ndarray,
 
 def new_shard_prefix() -> str:
   return f'shard-{uuid.uuid4().hex[:12]}-'
+
+
+@contextlib.contextmanager
+def changing(directory: pathlib.Path):
+  """Holds the index's lock file while it is changed, so that two `--add`/`--remove` runs
+  take turns (each would otherwise drop the other's shard)."""
+  if not (directory / 'meta.json').is_file():
+    raise FileNotFoundError(f'{directory} is not a search index (no meta.json); build one with '
+                            '`python -m jaxretrieval.index`')
+  with open(directory / '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def commit(directory: pathlib.Path, manifest: dict) -> None:
