@@ -301,15 +301,20 @@ def _check_meta(path: pathlib.Path, meta) -> tuple[ModelSpec, int, dict[str, int
   except (KeyError, TypeError, ValueError) as e:
     raise IndexFileError(f'{path}: not the meta.json of an index ({type(e).__name__}: {e}); '
                          f'{REBUILD}') from e
+  limits = meta.get('max_tokens') or {}
+  limits_ok = isinstance(limits, dict) and all(
+      isinstance(v, int) and v > 0 for v in limits.values())
   counts_ok = all(isinstance(c, int) and c > 0 for c in shards.values()) and (
       sum(shards.values()) == n) and all(p == '' or (p.startswith('shard-') and p.isascii()
                                                      and '/' not in p) for p in shards)
   if not (isinstance(text_tokens, int) and text_tokens > 0 and isinstance(n, int) and n > 0
-          and isinstance(roots, list) and all(isinstance(r, str) for r in roots) and counts_ok):
+          and isinstance(roots, list) and all(isinstance(r, str) for r in roots) and counts_ok
+          and limits_ok):
     raise IndexFileError(f'{path}: text_tokens={text_tokens!r}, num_items={n!r}, shards='
-                         f'{shards!r}, audio_roots={roots!r}; expected positive integers, '
-                         f'shards named shard-<hex>- whose counts add up to num_items and a '
-                         f'list of folders; {REBUILD}')
+                         f'{shards!r}, audio_roots={roots!r}, max_tokens={limits!r}; expected '
+                         f'positive integers, shards named shard-<hex>- whose counts add up '
+                         f'to num_items, a list of folders and positive token limits; '
+                         f'{REBUILD}')
   return spec, text_tokens, shards
 
 

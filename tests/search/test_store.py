@@ -53,6 +53,25 @@ def _more_items(index, name):
   (index / name).write_text(json.dumps(meta))
 
 
+def _shard_outside(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'][0]['prefix'] = 'shard-../../'  # would read files outside the index
+  (index / name).write_text(json.dumps(meta))
+
+
+def _counts_disagree(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'][0]['items'] -= 1
+  (index / name).write_text(json.dumps(meta))
+
+
+def _missing_shard(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'].append({'prefix': 'shard-0123abcd-', 'items': 1})
+  meta['num_items'] += 1
+  (index / name).write_text(json.dumps(meta))
+
+
 def _other_words(index, name):
   WordVectors({'beep': np.ones(50, np.float32)}).save(index / name)
 
@@ -71,6 +90,9 @@ def _availability_values(index, name):
     ('model.msgpack', _other_model, 'model.msgpack', 'different indexes'),
     ('meta.json', _other_spec, 'embeddings.npy', 'different indexes'),
     ('meta.json', _more_items, 'embeddings.npy', '(17, 128)'),
+    ('meta.json', _shard_outside, 'meta.json', 'shards named shard-<hex>-'),
+    ('meta.json', _counts_disagree, 'meta.json', 'add up to num_items'),
+    ('meta.json', _missing_shard, 'meta.json', "missing: ['shard-0123abcd-embeddings.npy'"),
     ('word_vectors.npz', _other_words, 'word_vectors.npz', '50-d word vectors'),
 ])
 def test_files_of_different_indexes_are_refused(index, name, damage, blamed, message):
