@@ -75,3 +75,20 @@ def test_damaged_tables_are_refused_naming_the_file(tmp_path, damage):
     path.write_bytes(pickle.dumps([1, 2, 3])[:-3])
   with pytest.raises(ValueError, match=str(path).replace('.', r'\.')):
     WordVectors.load(path)
+
+
+def test_queries_read_unknown_words_as_a_known_case_or_inflection():
+  rng = np.random.default_rng(0)
+  words = WordVectors({w: rng.normal(size=4) for w in
+                       ['a', 'beep', 'beeping', 'chirps', 'Paris', 'NASA', 'dog']})
+  assert words.known_form('beeps') == 'beep'  # the first word of the stem, in table order
+  assert words.known_form('chirp') == 'chirps' and words.known_form('paris') == 'Paris'
+  assert words.known_form('nasa') == 'NASA' and words.known_form('zzz') is None
+  read = words.encode_query('A dog BEEPS, chirp zzz beeps')
+  assert read.tokens == ['a', 'dog', 'beeps', 'chirp', 'zzz', 'beeps']
+  assert read.substitutions == {'beeps': 'beep', 'chirp': 'chirps'} and read.unknown == ['zzz']
+  rows = [words.index[w] for w in ('a', 'dog', 'beep', 'chirps', 'beep')]
+  np.testing.assert_array_equal(read.vectors, words.matrix[rows])
+  # Captions keep the reference's reading: unknown words dropped, nothing substituted.
+  vectors, unknown = words.encode('a dog beeps')
+  assert len(vectors) == 2 and unknown == ['beeps']

@@ -3,6 +3,7 @@ r"""Searches an index from the command line.
   python -m jaxretrieval.search --index INDEX "a high beep followed by hiss" -k 10
 """
 
+import dataclasses
 import json
 import sys
 
@@ -15,15 +16,18 @@ from jaxretrieval.search.store import IndexFileError, IndexStore
 
 def format_result(result) -> str:
   lines = [f'query: {" ".join(result.tokens)}']
+  if result.substitutions:
+    lines.append('read as: ' + ', '.join(f'{a} -> {b}' for a, b in result.substitutions.items()))
   if result.unknown:
     lines.append(f'unknown words (ignored): {", ".join(result.unknown)}')
   lines.append('expert weights: ' + ', '.join(f'{e} {w:.2f}' for e, w in result.weights.items()))
   for hit in result.hits:
-    detail = ' | '.join(
-        f'{e} w={x["weight"]:.2f} cos={x["similarity"]:.3f}' if x['similarity'] is not None
-        else f'{e} missing' for e, x in hit.experts.items())
-    where = f'  {hit.audio_path}' if hit.audio_path else ''
-    lines.append(f'{hit.rank:3d}  {hit.score:.4f}  {hit.id}{where}  [{detail}]')
+    detail = ' | '.join(f'{e} w={hit.weights[e]:.2f} cos={c:.3f}' if c is not None
+                        else f'{e} missing' for e, c in hit.cosines.items())
+    where = f'  {hit.path}' if hit.path else ''
+    seconds = f'  {hit.duration:.1f} s' if hit.duration is not None else ''
+    caption = f'  "{hit.captions[0]}"' if hit.captions else ''
+    lines.append(f'{hit.rank:3d}  {hit.score:.4f}  {hit.id}{where}{seconds}{caption}  [{detail}]')
   return '\n'.join(lines)
 
 
@@ -40,8 +44,7 @@ def main(argv):
     print(f'cannot search: {e}', file=sys.stderr)
     sys.exit(2)
   if flags.FLAGS.json:
-    print(json.dumps({'query': query, 'unknown': result.unknown, 'weights': result.weights,
-                      'hits': [h.__dict__ for h in result.hits]}, indent=2))
+    print(json.dumps(dataclasses.asdict(result), indent=2))
   else:
     print(format_result(result))
 

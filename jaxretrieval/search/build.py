@@ -1,5 +1,9 @@
-"""Builds a search index: every audio item of a dataset embedded once by a trained model."""
+"""Builds a search index (every audio item of a dataset embedded once by a trained model),
+and grows or shrinks one: `add_to_index` embeds only the new items into a new shard,
+`remove_from_index` rewrites only the shards that lose items; both then swap the manifest
+atomically (`store.commit`)."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -8,6 +12,7 @@ from flax import jax_utils
 import jax
 import ml_collections
 import numpy as np
+import soundfile
 import tensorflow_datasets as tfds
 
 from jaxretrieval import checkpointing
@@ -17,17 +22,23 @@ from jaxretrieval.experts import model_spec
 from jaxretrieval.features.experts import DIMS
 from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.models import RetrievalModel
-from jaxretrieval.search.store import IndexStore, contained, variable_shapes
+from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix
+from jaxretrieval.search.store import variable_shapes, write_shard
 from jaxretrieval.text import WordVectors
 
 
-def load_workdir(workdir: pathlib.Path):
-  """(config, spec, variables) of a workdir's best checkpoint."""
+def load_config(workdir: pathlib.Path):
+  """(config, spec) of a workdir."""
   saved = workdir / 'config.json'
   if not saved.is_file():
     raise FileNotFoundError(f'{saved} not found: pass a trained or imported workdir')
   config = ml_collections.ConfigDict(json.loads(saved.read_text()))
-  spec = model_spec(config)
+  return config, model_spec(config)
+
+
+def load_workdir(workdir: pathlib.Path):
+  """(config, spec, variables) of a workdir's best checkpoint."""
+  config, spec = load_config(workdir)
   _, variables = checkpointing.restore_best_model(checkpointing.manager(workdir),
                                                  variable_shapes(spec), f'indexing with {workdir}')
   return config, spec, variables
@@ -60,13 +71,27 @@ def _tfds_examples(builder, split: str | None):
 
 
 def default_word_vectors(data: str, audio_paths: list[str]) -> pathlib.Path | None:
-  """The table written with the data (release folders, SynthCaps), if there is one."""
+  """The table written with the data (SynthCaps; features folders made with --captions),
+  if there is one."""
   folders = [pathlib.Path(data)]
   for path in audio_paths[:1]:
     if path:
       folders += pathlib.Path(path).parents[:3]
   candidates = [f / name for f in folders for name in ('word_vectors.npz', 'word_vectors.pkl')]
   return next((c for c in candidates if c.is_file()), None)
+
+
+def no_word_vectors(data: str) -> FileNotFoundError:
+  """The error for data without a word-vector table of its own, saying what to pass."""
+  if pathlib.Path(data).is_dir():
+    return FileNotFoundError(
+        f'{data} has no word_vectors.npz of its own (features folders carry one only when '
+        'made with --captions): pass --word_vectors, the table the model was trained with: '
+        'for the released models word2vec GoogleNews-vectors-negative300.bin, for a SynthCaps '
+        'model the word_vectors.npz in its TFDS downloads folder')
+  return FileNotFoundError(
+      f'no word vectors found for {data}: pass --word_vectors (the released datasets use '
+      'word2vec GoogleNews-vectors-negative300.bin, the table the reference trained with)')
 
 
 def check_audio_paths(ids: list[str], audio_paths: list[str], roots: list[str]) -> None:
@@ -87,6 +112,69 @@ def check_finite(ids: list[str], embeddings: np.ndarray) -> None:
                      f'{", ".join(ids[i] for i in bad[:5])}; check their features')
 
 
+def duration(path: str) -> float | None:
+  """Seconds of audio in `path`, None when there is no readable audio file."""
+  if not path or not pathlib.Path(path).is_file():
+    return None
+  try:
+    return round(float(soundfile.info(path).duration), 3)
+  except (RuntimeError, OSError):  # soundfile.LibsndfileError: a format it cannot read
+    return None
+
+
+@dataclasses.dataclass
+class Embedded:
+  """Items of a data source embedded by the audio tower, with what a result page shows."""
+  ids: list[str]
+  audio_paths: list[str]
+  captions: list[list[str]]
+  durations: list[float | None]
+  embeddings: np.ndarray  # [N, sum d_e], zero blocks for missing experts
+  availability: np.ndarray  # [N, M]
+
+
+def _source(data: str, split: str | None, data_dir: str | None, config):
+  """(examples, default audio root) of a TFDS name or a features folder."""
+  if pathlib.Path(data).is_dir():
+    return _folder_examples(pathlib.Path(data), split), pathlib.Path(data)
+  builder = _tfds_builder(data, config.data_dir if data_dir is None else data_dir)
+  return _tfds_examples(builder, split), pathlib.Path(builder.data_dir_root) / 'downloads'
+
+
+def embed_source(config, spec, variables, data: str, split: str | None, data_dir: str | None,
+                 audio_roots: list[str] | None, known_roots: tuple[str, ...] = ()):
+  """(Embedded, audio roots) of every item of `data`; audio must lie inside the roots
+  (`audio_roots`, default: the data's folder) or `known_roots`."""
+  examples, default_root = _source(data, split, data_dir, config)
+  roots = list(known_roots) + [str(pathlib.Path(r).resolve()) for r in
+                               audio_roots or [default_root]]
+  roots = list(dict.fromkeys(roots))
+  captions = {}
+
+  def noting_captions(examples):
+    for item, example in examples:
+      captions[item] = [c.decode() if isinstance(c, bytes) else str(c)
+                        for c in example.get('captions', [])]
+      yield item, example
+  items = input_pipeline.load_items(noting_captions(examples), config, spec, data)
+  if len(set(items.ids)) != len(items.ids):
+    raise ValueError(f'{data} repeats item ids across splits; index one split (--split)')
+  check_audio_paths(items.ids, items.audio_paths, roots)
+  embedder = Embedder(RetrievalModel(spec), max(1, config.eval_chunk // jax.local_device_count()))
+  audio = embedder.items(jax_utils.replicate(variables), items)
+  embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
+                               for i, e in enumerate(spec.expert_names)], axis=1)
+  check_finite(items.ids, embeddings)
+  durations = [duration(p) for p in items.audio_paths]
+  unread = sum(d is None for d, p in zip(durations, items.audio_paths) if p)
+  if unread:
+    logging.warning('%d of %d audio files of %s could not be read: their duration is not '
+                    'shown', unread, len(items.ids), data)
+  embedded = Embedded(items.ids, items.audio_paths, [captions.get(i, []) for i in items.ids],
+                      durations, embeddings, items.availability)
+  return embedded, roots
+
+
 def build_index(workdir: str, out: str, data: str | None = None, split: str | None = None,
                 data_dir: str | None = None, word_vectors: str | None = None,
                 dtype: str = 'float32', audio_roots: list[str] | None = None) -> IndexStore:
@@ -99,34 +187,92 @@ def build_index(workdir: str, out: str, data: str | None = None, split: str | No
   """
   config, spec, variables = load_workdir(pathlib.Path(workdir))
   data = data or config.tfds_name
-  if pathlib.Path(data).is_dir():
-    examples = _folder_examples(pathlib.Path(data), split)
-    default_root = pathlib.Path(data)
-  else:
-    builder = _tfds_builder(data, config.data_dir if data_dir is None else data_dir)
-    examples = _tfds_examples(builder, split)
-    default_root = pathlib.Path(builder.data_dir_root) / 'downloads'
-  roots = [str(pathlib.Path(r).resolve()) for r in audio_roots or [default_root]]
-  items = input_pipeline.load_items(examples, config, spec, data)
-  if len(set(items.ids)) != len(items.ids):
-    raise ValueError(f'{data} repeats item ids across splits; index one split (--split)')
-  check_audio_paths(items.ids, items.audio_paths, roots)
-  embedder = Embedder(RetrievalModel(spec), max(1, config.eval_chunk // jax.local_device_count()))
-  audio = embedder.items(jax_utils.replicate(variables), items)
-  embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
-                               for i, e in enumerate(spec.expert_names)], axis=1)
-  check_finite(items.ids, embeddings)
+  items, roots = embed_source(config, spec, variables, data, split, data_dir, audio_roots)
   vectors = word_vectors or default_word_vectors(data, items.audio_paths)
   if vectors is None:
-    raise FileNotFoundError(
-        f'no word vectors found for {data}: pass --word_vectors (the reference used word2vec '
-        'GoogleNews-vectors-negative300.bin; SynthCaps and features folders carry their own)')
+    raise no_word_vectors(data)
   store = IndexStore(spec=spec, text_tokens=int(config.max_tokens['text']),
-                     embeddings=embeddings.astype(dtype), availability=items.availability,
-                     ids=items.ids, audio_paths=items.audio_paths, variables=variables,
+                     embeddings=items.embeddings.astype(dtype),
+                     availability=items.availability, ids=items.ids,
+                     audio_paths=items.audio_paths, variables=variables,
                      words=WordVectors.load(vectors), audio_roots=roots,
                      provenance={'workdir': str(pathlib.Path(workdir).absolute()), 'data': data,
-                                 'split': split or 'all', 'word_vectors': str(vectors)})
+                                 'split': split or 'all', 'word_vectors': str(vectors)},
+                     captions=items.captions, durations=items.durations,
+                     max_tokens={k: int(v) for k, v in config.max_tokens.items()})
   store.save(out)
   logging.info('Indexed %d items of %s into %s', len(store), data, out)
   return store
+
+
+def add_to_index(index: str, data: str, workdir: str | None = None, split: str | None = None,
+                 data_dir: str | None = None, audio_roots: list[str] | None = None) -> int:
+  """Embeds the items of `data` with the index's own model and appends them as a new shard;
+  returns their number. The workdir (default: the one the index was built from) gives only
+  the input settings (token limits); the weights are the index's."""
+  with changing(pathlib.Path(index)):
+    return _add(pathlib.Path(index), data, workdir, split, data_dir, audio_roots)
+
+
+def _add(directory, data, workdir, split, data_dir, audio_roots) -> int:
+  store = IndexStore.load(directory)
+  workdir = workdir or store.provenance.get('workdir')
+  if not workdir:
+    raise ValueError(f'{directory / "meta.json"} records no workdir: pass --workdir')
+  config, spec = load_config(pathlib.Path(workdir))
+  if spec != store.spec:
+    raise ValueError(f'the model of {workdir} is not the one of the index {directory}: pass '
+                     'the --workdir the index was built from')
+  items, roots = embed_source(config, spec, store.variables, data, split, data_dir,
+                              audio_roots, tuple(store.audio_roots))
+  repeated = sorted(set(items.ids) & set(store.ids))
+  if repeated:
+    raise ValueError(f'{len(repeated)} item(s) of {data} are already in {directory}: '
+                     f'{", ".join(repeated[:5])}; remove them first (--remove) to re-embed them')
+  prefix = new_shard_prefix()
+  write_shard(directory, prefix, items.embeddings.astype(store.embeddings.dtype),
+              items.availability, {'ids': items.ids, 'audio_paths': items.audio_paths,
+                                   'captions': items.captions, 'durations': items.durations})
+  store.audio_roots = roots
+  store.provenance.setdefault('added', []).append({'data': data, 'split': split or 'all',
+                                                   'items': len(items.ids)})
+  commit(directory, store.manifest(store.shards + [{'prefix': prefix,
+                                                    'items': len(items.ids)}]))
+  logging.info('Added %d items of %s to %s (%d in all)', len(items.ids), data, directory,
+               len(store) + len(items.ids))
+  return len(items.ids)
+
+
+def remove_from_index(index: str, ids: list[str]) -> int:
+  """Removes the items `ids` (all must be in the index); returns the number left. Only the
+  shards holding them are rewritten."""
+  with changing(pathlib.Path(index)):
+    return _remove(pathlib.Path(index), ids)
+
+
+def _remove(directory: pathlib.Path, ids: list[str]) -> int:
+  store = IndexStore.load(directory)
+  drop = set(ids)
+  unknown = sorted(drop - set(store.ids))
+  if unknown:
+    raise ValueError(f'{len(unknown)} id(s) are not in {directory}: {", ".join(unknown[:5])}; '
+                     'nothing was removed')
+  if len(drop) == len(store):
+    raise ValueError(f'removing all {len(store)} items would leave {directory} empty; delete '
+                     'the folder instead')
+  shards, start = [], 0
+  for shard in store.shards:
+    rows = range(start, start + shard['items'])
+    start += shard['items']
+    keep = [r for r in rows if store.ids[r] not in drop]
+    if len(keep) == len(rows):
+      shards.append(shard)
+    elif keep:
+      prefix = new_shard_prefix()
+      write_shard(directory, prefix, np.asarray(store.embeddings[keep]),
+                  store.availability[keep], store.items(keep))
+      shards.append({'prefix': prefix, 'items': len(keep)})
+  commit(directory, store.manifest(shards))
+  logging.info('Removed %d items from %s (%d left)', len(drop), directory,
+               len(store) - len(drop))
+  return len(store) - len(drop)

@@ -1,7 +1,11 @@
 """Free-text queries against an audio index.
 
-A query is tokenised and mapped to word vectors, truncated and zero-padded to the model's
-text length (as in training: NetVLAD sees the padding), and encoded by the text tower. Its
+A query is tokenised and its words mapped to word vectors (an unknown word to another case
+or inflection of a vocabulary word, reported as a substitution; `WordVectors.encode_query`),
+zero-padded to the model's text length (as in training: NetVLAD sees the padding) and
+encoded by the text tower. A query longer than that length is not cut: NetVLAD sums over
+tokens, so the tower takes all of its words, zero-padded to the next multiple of the length
+(a few compiled shapes serve every query; each is compiled on its first use). Its
 score for item j is sum_e W_e cos(text_e, audio_e[j]) with the mixture weights renormalised
 over the experts item j has, exactly as in training. Scores and the running top-k are
 computed on the device in fixed-size chunks of items, so millions of items fit. The top-k
@@ -11,6 +15,8 @@ and `warm_up` can compile them all before the first query.
 
 import dataclasses
 import functools
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +26,9 @@ from jaxretrieval.models import RetrievalModel
 from jaxretrieval.search.store import IndexStore
 from jaxretrieval.text import tokenize
 
+MODEL_NAMES = {'ce': 'Collaborative Experts', 'mimic': 'single-expert CE',
+               'moee': 'Mixture of Embedded Experts'}
+
 MAX_QUERY_CHARS = 500
 
 
@@ -27,23 +36,37 @@ class QueryError(ValueError):
   """A query that cannot be searched (empty, or no known word)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Hit:
-  rank: int
-  row: int
+  """One ranked item: score = sum over experts of weights[e] * cosines[e]."""
+  rank: int  # from 1
+  row: int  # in the index
   id: str
-  audio_path: str
   score: float
-  experts: dict[str, dict[str, float]]  # expert -> {'weight', 'similarity'}
+  cosines: dict[str, float | None]  # expert -> cosine of query and item; None: item lacks it
+  weights: dict[str, float]  # the query's mixture weights renormalised over the item's experts
+  path: str  # the audio file ('' when unknown)
+  captions: list[str]  # the item's captions where the dataset has them
+  duration: float | None  # seconds, when the audio file was readable at index time
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SearchResult:
   query: str
   tokens: list[str]
-  unknown: list[str]
+  unknown: list[str]  # words without a vocabulary form: ignored
+  substitutions: dict[str, str]  # query word -> the vocabulary word read for it
   weights: dict[str, float]  # the query's mixture weights, before renormalisation
   hits: list[Hit]
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedQueries:
+  """Queries through the text tower: per-expert unit-norm embeddings side by side
+  `text` `[Q, sum d_e]`, mixture weights `[Q, M]`, and how each query's words were read."""
+  text: np.ndarray
+  weights: np.ndarray
+  words: list  # jaxretrieval.text.QueryWords per query
 
 
 @functools.partial(jax.jit, static_argnames=('k',), donate_argnums=(0, 1))
@@ -89,19 +112,20 @@ class SearchEngine:
     self.variables = jax.device_put(store.variables)
 
   def warm_up(self, max_k: int) -> None:
-    """Compiles the text tower and the top-k of every k up to `max_k` for one query."""
+    """Builds the stem table of the vocabulary and compiles the text tower (for queries up
+    to the training length) and the top-k of every k up to `max_k` for one query."""
     words = self.store.words
+    words.stems()
     text = np.zeros((1, self.store.text_tokens, words.dim), np.float32)
-    lhs, _, weights = self._embed(text)
+    emb, weights = self._encode(self.variables, jnp.asarray(text))
+    lhs = self._weighted(jnp.concatenate([emb[e] for e in self.names], axis=1), weights)
     for k in sorted({_top_k_size(k, len(self.store)) for k in range(1, max_k + 1)}):
       jax.block_until_ready(self._top_k(lhs, weights, k))
 
-  def _embed(self, text: np.ndarray):
-    """Weighted text `[Q, D]`, text `[Q, D]` and mixture weights `[Q, M]` of word vectors."""
-    emb, weights = self._encode(self.variables, jnp.asarray(text))
-    text_cat = jnp.concatenate([emb[e] for e in self.names], axis=1)
-    lhs = jnp.concatenate([weights[:, i:i + 1] * emb[e] for i, e in enumerate(self.names)], 1)
-    return lhs, text_cat, weights
+  def _weighted(self, text, weights):
+    """`[Q, D]`: each expert's block of `text` scaled by the query's weight of the expert."""
+    return jnp.concatenate([weights[:, i:i + 1] * text[:, self.bounds[i]:self.bounds[i + 1]]
+                            for i in range(len(self.names))], axis=1)
 
   def _top_k(self, lhs, weights, k: int):
     """Scores and rows `[Q, k]` of the best items, chunk by chunk."""
@@ -112,40 +136,78 @@ class SearchEngine:
                                    c * self.chunk, k)
     return values, index
 
-  def encode(self, queries: list[str]):
-    """Token lists, unknown words, weighted text `[Q, D]`, text `[Q, D]`, weights `[Q, M]`."""
+  def encode(self, queries: list[str]) -> EncodedQueries:
+    """The queries through the text tower; QueryError for one that cannot be searched."""
     words, t = self.store.words, self.store.text_tokens
-    text = np.zeros((len(queries), t, words.dim), np.float32)
-    tokens, unknown = [], []
-    for i, q in enumerate(queries):
+    read = []
+    for q in queries:
       if len(q) > MAX_QUERY_CHARS:
         raise QueryError(f'query of {len(q)} characters; at most {MAX_QUERY_CHARS}')
-      vectors, missing = words.encode(q)
-      tokens.append(tokenize(q))
-      unknown.append(missing)
-      if not tokens[-1]:
+      r = words.encode_query(q)
+      if not r.tokens:
         raise QueryError('empty query: type a few words describing the sound')
-      if not len(vectors):
+      if not len(r.vectors):
         raise QueryError(f'no word of the query {q!r} is in the vocabulary '
-                         f'({len(words.words)} words); unknown: {", ".join(missing)}')
-      vectors = vectors[:t]
-      text[i, :len(vectors)] = vectors
-    return (tokens, unknown) + self._embed(text)
+                         f'({len(words.words)} words); unknown: {", ".join(r.unknown)}')
+      read.append(r)
+    text = np.zeros((len(queries), sum(self.store.widths)), np.float32)
+    weights = np.zeros((len(queries), len(self.names)), np.float32)
+    # Queries of one padded length go through the tower together.
+    lengths = [t * -(-len(r.vectors) // t) for r in read]
+    for length in sorted(set(lengths)):
+      rows = [i for i, n in enumerate(lengths) if n == length]
+      batch = np.zeros((len(rows), length, words.dim), np.float32)
+      for j, i in enumerate(rows):
+        batch[j, :len(read[i].vectors)] = read[i].vectors
+      emb, w = self._encode(self.variables, jnp.asarray(batch))
+      text[rows] = np.concatenate([np.asarray(emb[e]) for e in self.names], axis=1)
+      weights[rows] = np.asarray(w)
+    return EncodedQueries(text, weights, read)
 
   def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResult]:
+    """The top `k` items of each query (k is capped at the index size)."""
     k = max(1, min(k, len(self.store)))
-    tokens, unknown, lhs, text_cat, weights = self.encode(queries)
+    encoded = self.encode(queries)
+    weights = jnp.asarray(encoded.weights)
+    lhs = self._weighted(jnp.asarray(encoded.text), weights)
     values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
     values, index = np.asarray(values)[:, :k], np.asarray(index)[:, :k]
-    text_cat, weights = np.asarray(text_cat), np.asarray(weights)
-    return [SearchResult(q, tokens[i], unknown[i],
-                         {e: float(weights[i, m]) for m, e in enumerate(self.names)},
-                         [self._hit(r + 1, int(index[i, r]), float(values[i, r]), text_cat[i],
-                                    weights[i]) for r in range(k) if np.isfinite(values[i, r])])
-            for i, q in enumerate(queries)]
+    results = []
+    for i, q in enumerate(queries):
+      read, w = encoded.words[i], encoded.weights[i]
+      hits = [self._hit(r + 1, int(index[i, r]), float(values[i, r]), encoded.text[i], w)
+              for r in range(k) if np.isfinite(values[i, r])]
+      results.append(SearchResult(q, read.tokens, read.unknown, read.substitutions,
+                                  {e: float(w[m]) for m, e in enumerate(self.names)}, hits))
+    return results
 
   def search(self, query: str, k: int = 10) -> SearchResult:
     return self.search_batch([query], k)[0]
+
+  def describe(self, examples: int = 3) -> dict:
+    """What is indexed: name, item count, model, experts, and example queries."""
+    store = self.store
+    return {'name': store.provenance.get('data', ''), 'items': len(store),
+            'model': MODEL_NAMES.get(store.spec.variant, store.spec.variant),
+            'experts': list(self.names), 'examples': self.example_queries(examples)}
+
+  def example_queries(self, n: int) -> list[str]:
+    """Up to `n` searchable queries drawn from the collection: captions of items spread
+    over the index, else the vocabulary words of their file names."""
+    store, found = self.store, []
+    for row in np.linspace(0, len(store) - 1, min(len(store), 8 * n)).astype(int):
+      if store.captions[row]:
+        text = store.captions[row][0]
+      else:
+        name = pathlib.Path(store.audio_paths[row] or store.ids[row]).stem
+        text = ' '.join(w for w in tokenize(re.sub(r'[_.]', ' ', name))
+                        if store.words.known_form(w) and not w.isdigit())
+      if (text and len(text) <= MAX_QUERY_CHARS and text not in found
+          and len(store.words.encode_query(text).vectors)):
+        found.append(text)
+      if len(found) == n:
+        break
+    return found
 
   def _hit(self, rank: int, row: int, score: float, text: np.ndarray, weights: np.ndarray) -> Hit:
     """The hit with each expert's renormalised weight and cosine similarity."""
@@ -153,9 +215,10 @@ class SearchEngine:
     avail = store.availability[row]
     emb = np.asarray(store.embeddings[row], np.float32)
     total = float(np.sum(weights * avail))
-    experts = {}
+    cosines, renormalised = {}, {}
     for m, e in enumerate(self.names):
       block = slice(self.bounds[m], self.bounds[m + 1])
-      experts[e] = {'weight': float(weights[m] * avail[m] / total),
-                    'similarity': float(text[block] @ emb[block]) if avail[m] else None}
-    return Hit(rank, row, store.ids[row], store.audio_paths[row], score, experts)
+      renormalised[e] = float(weights[m] * avail[m] / total)
+      cosines[e] = float(text[block] @ emb[block]) if avail[m] else None
+    return Hit(rank, row, store.ids[row], score, cosines, renormalised, store.audio_paths[row],
+               store.captions[row], store.durations[row])

@@ -2,6 +2,7 @@
 
   GET /?q=..&k=..            the search page (the query lives in the URL: links, reloads and
                              the back button work)
+  GET /api/info              what is indexed: name, item count, model, experts, example queries
   GET /api/search?q=..&k=..  JSON results (400 with {"error": ...} for a bad request)
   GET /audio/<row>           the audio file of an indexed item (Range requests answer 206)
 
@@ -88,10 +89,14 @@ def parse_query(query_string: str) -> tuple[str, int]:
 
 
 def result_json(result, store) -> dict:
+  """The JSON of a search: the query as read, its expert weights, and the ranked items with
+  what a person recognises (captions, file name, duration) and per-expert cosines."""
   return {
       'query': result.query, 'tokens': result.tokens, 'unknown': result.unknown,
-      'weights': result.weights,
-      'results': [{'rank': h.rank, 'id': h.id, 'score': h.score, 'experts': h.experts,
+      'substitutions': result.substitutions, 'weights': result.weights,
+      'results': [{'rank': h.rank, 'id': h.id, 'score': h.score, 'cosines': h.cosines,
+                   'weights': h.weights, 'captions': h.captions, 'duration': h.duration,
+                   'name': pathlib.PurePath(h.path).name if h.path else h.id,
                    'audio': f'/audio/{h.row}' if store.audio_file(h.row) else None}
                   for h in result.hits],
   }
@@ -101,6 +106,7 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
   """The ASGI app; `check_host` admits only loopback Host headers."""
   lock = threading.Lock()  # one query at a time on the device
   store = engine.store
+  description = engine.describe()
 
   def page(request: Request) -> HTMLResponse:
     del request
@@ -111,6 +117,10 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
     with lock:
       result = engine.search(q, k)
     return JSONResponse(result_json(result, store))
+
+  def info(request: Request) -> JSONResponse:
+    del request
+    return JSONResponse(description)
 
   def audio(request: Request) -> FileResponse | JSONResponse:
     text = request.path_params['row']
@@ -136,7 +146,8 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
     middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(LOOPBACK_HOSTS),
                                  www_redirect=False))
   return Starlette(
-      routes=[Route('/', page), Route('/api/search', search), Route('/audio/{row:path}', audio)],
+      routes=[Route('/', page), Route('/api/search', search), Route('/api/info', info),
+              Route('/audio/{row:path}', audio)],
       middleware=middleware,
       exception_handlers={BadRequest: bad_request, QueryError: bad_request,
                           HTTPException: http_error})

@@ -1,23 +1,33 @@
 """An audio search index on disk: item embeddings, availability, ids, the text tower.
 
 Layout of an index directory:
-  meta.json          spec, expert widths, text token limit, item count, the collection's
-                     audio root(s), provenance
-  embeddings.npy     [N, sum of expert widths] unit-norm expert embeddings side by side;
-                     the block of an expert an item lacks is zero
-  availability.npy   [N, M] 1 where the item has the expert
-  items.json         ids and audio paths ('' when unknown)
+  meta.json          the manifest: spec, text token limit, item count, the shards in order
+                     with their item counts, the collection's audio root(s), provenance
   model.msgpack      the model's variables (the text tower encodes queries)
   word_vectors.npz   the word-vector table of the queries (`word_vectors.pkl` in older indexes)
+and per shard, its file names starting with the shard's prefix ('' for a freshly built
+index; `shard-<hex>-` for shards written by `--add` and `--remove`):
+  embeddings.npy     [n, sum of expert widths] unit-norm expert embeddings side by side;
+                     the block of an expert an item lacks is zero
+  availability.npy   [n, M] 1 where the item has the expert
+  items.json         ids, audio paths ('' when unknown), captions and durations (seconds,
+                     null when unknown)
 
-`IndexStore.load` checks that these files belong together (counts, shapes, the model's
-variables against the spec) and names the file at fault, so a mixed-up or truncated index
-is refused at load instead of failing on every query.
+The index changes only by writing new shard files and then replacing meta.json atomically
+(`commit`), so an interrupted `--add` or `--remove` leaves the previous index intact (its
+unreferenced shard files are deleted by the next change). `IndexStore.load` checks that the
+files belong together (counts, shapes, the model's variables against the spec) and names
+the file at fault, so a mixed-up or truncated index is refused at load instead of failing on
+every query.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import pathlib
+import uuid
 
 from absl import logging
 from flax import serialization
@@ -30,6 +40,7 @@ from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
 from jaxretrieval.text import WordVectors
 
 REBUILD = 'rebuild the index with `python -m jaxretrieval.index`'
+SHARD_FILES = ('embeddings.npy', 'availability.npy', 'items.json')
 
 
 class IndexFileError(ValueError):
@@ -58,11 +69,56 @@ def contained(path: str, roots: list[str]) -> pathlib.Path | None:
   return resolved if any(resolved.is_relative_to(r) for r in roots) else None
 
 
+class ShardRows:
+  """The rows of several memory-mapped shard arrays read as one `[N, D]` array, without
+  copying them into one: rows by index, slices (step 1) and lists of rows are read from the
+  shards that hold them."""
+
+  def __init__(self, parts: list[np.ndarray]):
+    self.parts = parts
+    self.starts = np.cumsum([0] + [len(p) for p in parts])
+    self.shape = (int(self.starts[-1]),) + parts[0].shape[1:]
+    self.dtype = parts[0].dtype
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    out = np.concatenate(self.parts)
+    return out if dtype is None else out.astype(dtype)
+
+  def __getitem__(self, key):
+    if isinstance(key, slice):
+      start, stop, step = key.indices(len(self))
+      if step != 1:
+        raise IndexError('ShardRows: slices with a step are not supported')
+      pieces = [p[max(start - a, 0):max(min(stop, b) - a, 0)]
+                for p, a, b in zip(self.parts, self.starts[:-1], self.starts[1:])]
+      return np.concatenate(pieces)
+    if np.ndim(key) == 0:
+      row = int(key) + len(self) if int(key) < 0 else int(key)
+      if not 0 <= row < len(self):
+        raise IndexError(f'row {key} of {len(self)}')
+      part = int(np.searchsorted(self.starts, row, side='right')) - 1
+      return self.parts[part][row - self.starts[part]]
+    rows = np.asarray(key, np.int64).reshape(-1)
+    rows = np.where(rows < 0, rows + len(self), rows)
+    if rows.size and not (0 <= rows.min() and rows.max() < len(self)):
+      raise IndexError(f'rows outside 0..{len(self) - 1}')
+    part = np.searchsorted(self.starts, rows, side='right') - 1
+    out = np.empty((len(rows),) + self.shape[1:], self.dtype)
+    for p in np.unique(part):
+      chosen = part == p
+      out[chosen] = self.parts[p][rows[chosen] - self.starts[p]]
+    return out.reshape(np.shape(key) + self.shape[1:])
+
+
 @dataclasses.dataclass
 class IndexStore:
   spec: ModelSpec
   text_tokens: int
-  embeddings: np.ndarray  # [N, sum d_e]
+  embeddings: np.ndarray | ShardRows  # [N, sum d_e]; memory-mapped when loaded
   availability: np.ndarray  # [N, M]
   ids: list[str]
   audio_paths: list[str]
@@ -70,6 +126,15 @@ class IndexStore:
   words: WordVectors
   provenance: dict = dataclasses.field(default_factory=dict)
   audio_roots: list[str] = dataclasses.field(default_factory=list)  # resolved, absolute
+  captions: list[list[str]] | None = None  # per item (default: none)
+  durations: list[float | None] | None = None  # per item, seconds (default: unknown)
+  shards: list[dict] | None = None  # as in meta.json (default: one shard with prefix '')
+  max_tokens: dict[str, int] | None = None  # the config's token limits (experts and text)
+
+  def __post_init__(self):
+    self.shards = [{'prefix': '', 'items': len(self.ids)}] if self.shards is None else self.shards
+    self.captions = [[] for _ in self.ids] if self.captions is None else self.captions
+    self.durations = [None] * len(self.ids) if self.durations is None else self.durations
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -84,19 +149,29 @@ class IndexStore:
     return path if path is not None and path.is_file() else None
 
   def save(self, directory: str | pathlib.Path) -> None:
+    """Writes the index as one shard with prefix ''."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    np.save(directory / 'embeddings.npy', self.embeddings)
-    np.save(directory / 'availability.npy', self.availability.astype(np.float32))
-    (directory / 'items.json').write_text(json.dumps({'ids': self.ids,
-                                                      'audio_paths': self.audio_paths}))
     (directory / 'model.msgpack').write_bytes(serialization.msgpack_serialize(
         serialization.to_state_dict(self.variables)))
     self.words.save(directory / 'word_vectors.npz')
-    spec = dataclasses.asdict(self.spec)
-    (directory / 'meta.json').write_text(json.dumps(
-        {'spec': spec, 'text_tokens': self.text_tokens, 'num_items': len(self),
-         'audio_roots': self.audio_roots, 'provenance': self.provenance}, indent=2))
+    write_shard(directory, '', self.embeddings, self.availability, self.items())
+    commit(directory, self.manifest([{'prefix': '', 'items': len(self)}]))
+
+  def items(self, rows=None) -> dict:
+    """The items.json content of `rows` (default: all)."""
+    rows = range(len(self)) if rows is None else rows
+    return {'ids': [self.ids[r] for r in rows],
+            'audio_paths': [self.audio_paths[r] for r in rows],
+            'captions': [self.captions[r] for r in rows],
+            'durations': [self.durations[r] for r in rows]}
+
+  def manifest(self, shards: list[dict]) -> dict:
+    """The meta.json content for `shards` (prefix and item count of each, in order)."""
+    return {'spec': dataclasses.asdict(self.spec), 'text_tokens': self.text_tokens,
+            'num_items': sum(s['items'] for s in shards), 'shards': shards,
+            'audio_roots': self.audio_roots, 'max_tokens': self.max_tokens,
+            'provenance': self.provenance}
 
   @classmethod
   def load(cls, directory: str | pathlib.Path) -> 'IndexStore':
@@ -104,43 +179,104 @@ class IndexStore:
     directory = pathlib.Path(directory)
     words_file = next((directory / f for f in ('word_vectors.npz', 'word_vectors.pkl')
                        if (directory / f).is_file()), directory / 'word_vectors.npz')
-    missing = [f for f in ('meta.json', 'embeddings.npy', 'availability.npy', 'items.json',
-                           'model.msgpack', words_file.name) if not (directory / f).is_file()]
+    missing = [f for f in ('meta.json', 'model.msgpack', words_file.name)
+               if not (directory / f).is_file()]
     if missing:
       raise FileNotFoundError(f'{directory} is not a search index (missing {missing}); build '
                               'one with `python -m jaxretrieval.index`')
     meta_file = directory / 'meta.json'
     meta = _read(meta_file, lambda p: json.loads(p.read_text()))
-    spec, text_tokens, n = _check_meta(meta_file, meta)
-    embeddings = _read(directory / 'embeddings.npy', lambda p: np.load(p, mmap_mode='r'))
-    availability = _read(directory / 'availability.npy', np.load)
-    items = _read(directory / 'items.json', lambda p: json.loads(p.read_text()))
+    spec, text_tokens, shards = _check_meta(meta_file, meta)
+    missing = [p + f for p in shards for f in SHARD_FILES if not (directory / (p + f)).is_file()]
+    if missing:
+      raise IndexFileError(f'{meta_file} lists shard files that are missing: {missing}; '
+                           f'{REBUILD}')
     variables = _read(directory / 'model.msgpack',
                       lambda p: serialization.msgpack_restore(p.read_bytes()))
     try:
       words = WordVectors.load(words_file)
     except ValueError as e:  # names the file: truncated, malformed, or a refused pickle
       raise IndexFileError(f'{e}; {REBUILD}') from e
-    _check_array(directory / 'embeddings.npy', embeddings, (n, sum(spec.embed_dims())),
-                 ('float32', 'float16'))
-    _check_array(directory / 'availability.npy', availability, (n, len(spec.experts)),
-                 ('float32',))
-    if not np.isin(availability, (0.0, 1.0)).all():
-      raise IndexFileError(f'{directory / "availability.npy"}: values other than 0 and 1; '
-                           f'{REBUILD}')
-    _check_items(directory / 'items.json', items, n)
+    parts = [_load_shard(directory, prefix, n, spec) for prefix, n in shards.items()]
     _check_variables(directory / 'model.msgpack', variables, spec)
     if words.dim != spec.text_dim:
       raise IndexFileError(f'{words_file}: {words.dim}-d word vectors, but the model in '
                            f'meta.json reads {spec.text_dim}-d ones; {REBUILD}')
+    embeddings, availability, items = zip(*parts)
+    items = {key: [x for part in items for x in part[key]] for key in items[0]}
+    if len(set(items['ids'])) != len(items['ids']):
+      raise IndexFileError(f'{meta_file}: its shards repeat item ids; {REBUILD}')
     roots = [str(pathlib.Path(r).resolve()) for r in meta.get('audio_roots', [])]
     if not roots and any(items['audio_paths']):
       logging.warning('%s records no audio root (an index from an older version): its audio '
                       'is not served; %s', meta_file, REBUILD)
-    return cls(spec=spec, text_tokens=text_tokens, embeddings=embeddings,
-               availability=availability, ids=items['ids'], audio_paths=items['audio_paths'],
-               variables=variables, words=words, provenance=meta.get('provenance', {}),
-               audio_roots=roots)
+    return cls(spec=spec, text_tokens=text_tokens,
+               embeddings=embeddings[0] if len(parts) == 1 else ShardRows(list(embeddings)),
+               availability=np.concatenate(availability), ids=items['ids'],
+               audio_paths=items['audio_paths'], variables=variables, words=words,
+               provenance=meta.get('provenance', {}), audio_roots=roots,
+               captions=items['captions'], durations=items['durations'],
+               shards=[{'prefix': p, 'items': n} for p, n in shards.items()],
+               max_tokens=meta.get('max_tokens'))
+
+
+def write_shard(directory: pathlib.Path, prefix: str, embeddings: np.ndarray,
+                availability: np.ndarray, items: dict) -> None:
+  """Writes one shard's files (not yet part of the index: `commit` makes it so)."""
+  np.save(directory / f'{prefix}embeddings.npy', embeddings)
+  np.save(directory / f'{prefix}availability.npy', np.asarray(availability, np.float32))
+  (directory / f'{prefix}items.json').write_text(json.dumps(items))
+
+
+def new_shard_prefix() -> str:
+  return f'shard-{uuid.uuid4().hex[:12]}-'
+
+
+@contextlib.contextmanager
+def changing(directory: pathlib.Path):
+  """Holds the index's lock file while it is changed, so that two `--add`/`--remove` runs
+  take turns (each would otherwise drop the other's shard)."""
+  if not (directory / 'meta.json').is_file():
+    raise FileNotFoundError(f'{directory} is not a search index (no meta.json); build one with '
+                            '`python -m jaxretrieval.index`')
+  with open(directory / '.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def commit(directory: pathlib.Path, manifest: dict) -> None:
+  """Replaces meta.json atomically (written beside it, flushed, renamed), then deletes the
+  shard files it no longer lists."""
+  tmp = directory / 'meta.json.tmp'
+  with open(tmp, 'w') as f:
+    f.write(json.dumps(manifest, indent=2))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, directory / 'meta.json')
+  listed = {s['prefix'] + f for s in manifest['shards'] for f in SHARD_FILES}
+  for path in directory.iterdir():
+    if path.name not in listed and any(path.name.endswith(f) for f in SHARD_FILES) and (
+        path.name in SHARD_FILES or path.name.startswith('shard-')):
+      path.unlink()
+
+
+def _load_shard(directory: pathlib.Path, prefix: str, n: int, spec: ModelSpec):
+  """(embeddings, availability, items) of one shard, checked against its count in meta.json."""
+  embeddings = _read(directory / f'{prefix}embeddings.npy', lambda p: np.load(p, mmap_mode='r'))
+  availability = _read(directory / f'{prefix}availability.npy', np.load)
+  items = _read(directory / f'{prefix}items.json', lambda p: json.loads(p.read_text()))
+  _check_array(directory / f'{prefix}embeddings.npy', embeddings, (n, sum(spec.embed_dims())),
+               ('float32', 'float16'))
+  _check_array(directory / f'{prefix}availability.npy', availability, (n, len(spec.experts)),
+               ('float32',))
+  if not np.isin(availability, (0.0, 1.0)).all():
+    raise IndexFileError(f'{directory / f"{prefix}availability.npy"}: values other than 0 and '
+                         f'1; {REBUILD}')
+  _check_items(directory / f'{prefix}items.json', items, n)
+  return embeddings, availability, items
 
 
 def _read(path: pathlib.Path, reader):
@@ -152,23 +288,34 @@ def _read(path: pathlib.Path, reader):
                          f'truncated or corrupt: {REBUILD}') from e
 
 
-def _check_meta(path: pathlib.Path, meta) -> tuple[ModelSpec, int, int]:
-  """(spec, text tokens, item count) from meta.json."""
+def _check_meta(path: pathlib.Path, meta) -> tuple[ModelSpec, int, dict[str, int]]:
+  """(spec, text tokens, shard prefix -> item count) from meta.json (an index written before
+  shards is one shard with prefix '')."""
   try:
     spec = dict(meta['spec'])
     spec['experts'] = tuple(ExpertSpec(**e) for e in spec['experts'])
     spec = ModelSpec(**spec)
     text_tokens, n = meta['text_tokens'], meta['num_items']
     roots = meta.get('audio_roots', [])
+    shards = {s['prefix']: s['items'] for s in meta.get('shards', [{'prefix': '', 'items': n}])}
   except (KeyError, TypeError, ValueError) as e:
     raise IndexFileError(f'{path}: not the meta.json of an index ({type(e).__name__}: {e}); '
                          f'{REBUILD}') from e
+  limits = meta.get('max_tokens') or {}
+  limits_ok = isinstance(limits, dict) and all(
+      isinstance(v, int) and v > 0 for v in limits.values())
+  counts_ok = all(isinstance(c, int) and c > 0 for c in shards.values()) and (
+      sum(shards.values()) == n) and all(p == '' or (p.startswith('shard-') and p.isascii()
+                                                     and '/' not in p) for p in shards)
   if not (isinstance(text_tokens, int) and text_tokens > 0 and isinstance(n, int) and n > 0
-          and isinstance(roots, list) and all(isinstance(r, str) for r in roots)):
-    raise IndexFileError(f'{path}: text_tokens={text_tokens!r}, num_items={n!r}, audio_roots='
-                         f'{roots!r}; expected positive integers and a list of folders; '
+          and isinstance(roots, list) and all(isinstance(r, str) for r in roots) and counts_ok
+          and limits_ok):
+    raise IndexFileError(f'{path}: text_tokens={text_tokens!r}, num_items={n!r}, shards='
+                         f'{shards!r}, audio_roots={roots!r}, max_tokens={limits!r}; expected '
+                         f'positive integers, shards named shard-<hex>- whose counts add up '
+                         f'to num_items, a list of folders and positive token limits; '
                          f'{REBUILD}')
-  return spec, text_tokens, n
+  return spec, text_tokens, shards
 
 
 def _check_array(path: pathlib.Path, array: np.ndarray, shape: tuple[int, ...],
@@ -180,14 +327,23 @@ def _check_array(path: pathlib.Path, array: np.ndarray, shape: tuple[int, ...],
 
 
 def _check_items(path: pathlib.Path, items, n: int) -> None:
+  """n ids and audio paths (strings), captions (lists of strings) and durations (numbers or
+  null); indexes written before captions and durations get none and null."""
+  if isinstance(items, dict):
+    items.setdefault('captions', [[] for _ in range(n)])
+    items.setdefault('durations', [None] * n)
+  is_list = lambda x: isinstance(x, list) and all(isinstance(c, str) for c in x)
+  is_duration = lambda x: x is None or (isinstance(x, (int, float)) and x >= 0)
   ok = isinstance(items, dict) and all(
-      isinstance(items.get(key), list) and len(items[key]) == n
-      and all(isinstance(x, str) for x in items[key]) for key in ('ids', 'audio_paths'))
+      isinstance(items.get(key), list) and len(items[key]) == n and all(map(valid, items[key]))
+      for key, valid in (('ids', lambda x: isinstance(x, str)),
+                         ('audio_paths', lambda x: isinstance(x, str)),
+                         ('captions', is_list), ('durations', is_duration)))
   if not ok:
     counts = {k: len(v) for k, v in items.items() if isinstance(v, list)} if isinstance(
         items, dict) else type(items).__name__
-    raise IndexFileError(f'{path}: expected {n} ids and {n} audio paths (strings) as in '
-                         f'meta.json, found {counts}; {REBUILD}')
+    raise IndexFileError(f'{path}: expected {n} ids and {n} audio paths (strings), captions '
+                         f'and durations as in meta.json, found {counts}; {REBUILD}')
 
 
 def _check_variables(path: pathlib.Path, variables, spec: ModelSpec) -> None:

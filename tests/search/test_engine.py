@@ -50,10 +50,42 @@ def test_top_k_equals_direct_mixture_similarity(tiny_index, chunk):
   assert [h.row for h in result.hits] == list(order)
   np.testing.assert_allclose([h.score for h in result.hits], want[order], atol=1e-5)
   for hit in result.hits:
-    parts = [x['weight'] * x['similarity'] for x in hit.experts.values()
-             if x['similarity'] is not None]
+    parts = [hit.weights[e] * c for e, c in hit.cosines.items() if c is not None]
     assert sum(parts) == pytest.approx(hit.score, abs=1e-5)
-  assert result.hits[[h.row for h in result.hits].index(3)].experts['logmel']['similarity'] is None
+  assert result.hits[[h.row for h in result.hits].index(3)].cosines['logmel'] is None
+
+
+def _direct_text(store, vectors, length):
+  """Query embeddings of word vectors zero-padded to `length`, by the model directly."""
+  text = np.zeros((1, length, 300), np.float32)
+  text[0, :len(vectors)] = vectors
+  emb, weights = RetrievalModel(store.spec).apply(store.variables, jnp.asarray(text), False,
+                                                  method=RetrievalModel.encode_text)
+  return np.concatenate([np.asarray(emb[e]) for e in store.spec.expert_names], 1), weights
+
+
+def test_a_long_query_is_read_whole(tiny_index):
+  """40 x beep + 40 x siren: all 80 words reach the text tower (no cut at 32 tokens)."""
+  store = IndexStore.load(tiny_index)
+  engine = SearchEngine(store)
+  query = 'beep ' * 40 + 'siren ' * 40
+  encoded = engine.encode([query])
+  vectors = store.words.encode(query)[0]
+  whole, _ = _direct_text(store, vectors, 96)  # padded to the next multiple of 32
+  cut, _ = _direct_text(store, vectors[:32], 32)
+  np.testing.assert_allclose(encoded.text[0], whole[0], atol=1e-5)
+  assert np.abs(encoded.text[0] - cut[0]).max() > 1e-3
+  short, _ = _direct_text(store, store.words.encode('a loud beep')[0], 32)  # as in training
+  np.testing.assert_allclose(engine.encode(['a loud beep']).text[0], short[0], atol=1e-5)
+
+
+def test_unknown_inflections_are_read_as_vocabulary_words(tiny_index):
+  engine = SearchEngine(IndexStore.load(tiny_index))
+  words = engine.store.words
+  assert 'beep' in words and 'beeps' not in words
+  result = engine.search('a loud BEEPS zzyzx', k=3)
+  assert result.substitutions == {'beeps': 'beep'} and result.unknown == ['zzyzx']
+  assert [h.id for h in result.hits] == [h.id for h in engine.search('a loud beep', k=3).hits]
 
 
 def test_queries_report_unknown_words_and_reject_unsearchable_ones(tiny_index):
@@ -74,10 +106,10 @@ def test_search_command_line(tiny_index):
   run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search',
                                       f'--index={tiny_index}', *args], capture_output=True,
                                      text=True)
-  out = run('-k', '3', 'a', 'high', 'whistle', 'blorp')
+  out = run('-k', '3', 'a', 'high', 'whistles', 'blorp')
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
-  assert 'unknown words (ignored): blorp' in out.stdout
+  assert 'unknown words (ignored): blorp' in out.stdout and 'read as: whistles -> whistle' in out.stdout
   ranked = [l for l in lines if l.lstrip()[:1].isdigit()]
   assert len(ranked) == 3 and ranked[0].split()[0] == '1' and '.wav' in ranked[0]
   scores = [float(l.split()[1]) for l in ranked]
@@ -121,6 +153,13 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   assert store.audio_roots == [str((tmp_path / 'audio').resolve())]
   assert all(store.audio_file(row) for row in range(3))
   assert len(SearchEngine(store).search('a bell', k=3).hits) == 3
+  no_table = subprocess.run(
+      [sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
+       f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index2"}',
+       f'--audio_root={tmp_path / "audio"}'], capture_output=True, text=True)
+  assert no_table.returncode != 0 and not (tmp_path / 'index2').exists()
+  assert f'{tmp_path / "feats"} has no word_vectors.npz of its own' in no_table.stderr
+  assert 'pass --word_vectors' in no_table.stderr
 
 
 def _features_folder(root, audio_files):

@@ -3,6 +3,8 @@
 import concurrent.futures
 import json
 import logging
+import os
+import pathlib
 import shutil
 import socket
 import threading
@@ -201,8 +203,28 @@ def test_an_exposed_server_does_not_check_the_host(tiny_index):
   assert TrustedHostMiddleware not in kinds(make_app(engine, check_host=False))
 
 
+def test_info_describes_the_index(server):
+  status, _, body = get(server + '/api/info')
+  info = json.loads(body)
+  assert status == 200 and info['items'] == 16 and info['name'] == 'synthcaps/tiny'
+  assert info['model'] == 'Collaborative Experts' and info['experts'] == ['logmel', 'spectral']
+  assert len(info['examples']) == 3
+  for q in info['examples']:  # each example is a caption of the collection, and searchable
+    assert get(server + '/api/search?' + urllib.parse.urlencode({'q': q}))[0] == 200
+
+
+def test_results_carry_what_a_person_recognises(server):
+  data = json.loads(get(server + '/api/search?q=a+high+whistles&k=3')[2])
+  assert data['substitutions'] == {'whistles': 'whistle'}
+  for r in data['results']:
+    assert r['captions'] and r['name'].endswith('.wav') and r['duration'] > 0
+    assert set(r['cosines']) == set(r['weights']) == set(data['weights'])
+
+
 @pytest.mark.slow
-def test_search_in_a_headless_browser(server):
+def test_search_in_a_headless_browser(server, tmp_path):
+  """Drives the page as a person; writes a screenshot of a results page (to
+  $SEARCH_SCREENSHOT when set, for the README)."""
   chromium, driver = shutil.which('chromium'), shutil.which('chromedriver')
   assert chromium and driver, 'install Debian packages chromium and chromium-driver (.ci/run does)'
   from selenium import webdriver
@@ -215,22 +237,55 @@ def test_search_in_a_headless_browser(server):
   options.binary_location = chromium
   for flag in ('--headless=new', '--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage',
                '--disable-background-networking', '--disable-component-update',
-               '--disable-sync', '--no-first-run'):
+               '--disable-sync', '--no-first-run', '--autoplay-policy=no-user-gesture-required',
+               '--mute-audio', '--window-size=1100,1400'):
     options.add_argument(flag)
   browser = webdriver.Chrome(service=Service(driver), options=options)
   results = lambda: browser.find_elements(By.CSS_SELECTOR, 'li.result')
   wait = WebDriverWait(browser, 30)
   try:
+    browser.get(server + '/')  # the start page says what is indexed and offers examples
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, '#examples a'))
+    about = browser.find_element(By.ID, 'about').text
+    assert '16 sounds of synthcaps/tiny' in about and 'Collaborative Experts' in about
+    assert 'logmel, spectral' in about
+    example = browser.find_element(By.CSS_SELECTOR, '#examples a')
+    example_query = example.text
+    example.click()
+    wait.until(lambda b: len(results()) == 10)
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)['q'] == [
+        example_query]
+    assert not browser.find_elements(By.CSS_SELECTOR, '#examples a')
     browser.get(server + '/')
-    box = browser.find_element(By.ID, 'q')
-    box.send_keys('a loud siren while a quiet hum plays flibbertigibbet', Keys.ENTER)
+    box = wait.until(expected_conditions.presence_of_element_located((By.ID, 'q')))
+    box.send_keys('a loud siren while a quiet hum plays flibbertigibbet whistles', Keys.ENTER)
     wait.until(lambda b: len(results()) == 10)
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(browser.current_url).query)
-    assert query == {'q': ['a loud siren while a quiet hum plays flibbertigibbet'], 'k': ['10']}
+    assert query == {'q': ['a loud siren while a quiet hum plays flibbertigibbet whistles'],
+                     'k': ['10']}
+    message = browser.find_element(By.ID, 'message').text
+    assert 'flibbertigibbet' in message and 'whistles → whistle' in message
+    assert len(browser.find_elements(By.CSS_SELECTOR, '#weights .weight')) == 2
+    for row in results():  # caption, file name, duration, and a cosine bar per expert
+      assert row.find_element(By.CLASS_NAME, 'title').text
+      assert row.find_element(By.CLASS_NAME, 'name').text.endswith('.wav')
+      assert row.find_element(By.CLASS_NAME, 'duration').text.endswith(' s')
+      assert len(row.find_elements(By.CSS_SELECTOR, '.cosine .track .bar')) == 2
     audio = browser.find_elements(By.CSS_SELECTOR, 'li.result audio')
     assert len(audio) == 10 and audio[0].get_attribute('preload') == 'metadata'
-    assert 'flibbertigibbet' in browser.find_element(By.ID, 'message').text
-    assert len(browser.find_elements(By.CSS_SELECTOR, '#weights .weight')) == 2
+    # Play the first result and seek to its middle: the player reads its duration, the
+    # server's Range answers make it seekable, and playback goes on from there.
+    wait.until(lambda b: b.execute_script('return arguments[0].duration > 0', audio[0]))
+    half = browser.execute_script(
+        'const a = arguments[0]; a.currentTime = a.duration / 2; a.play(); '
+        'return a.duration / 2;', audio[0])
+    wait.until(lambda b: b.execute_script(
+        'const a = arguments[0]; return a.seekable.length > 0 && '
+        '(a.currentTime > arguments[1] || a.ended);', audio[0], half))
+    assert browser.execute_script('return arguments[0].error', audio[0]) is None
+    screenshot = pathlib.Path(os.environ.get('SEARCH_SCREENSHOT', tmp_path / 'results.png'))
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     first = [r.find_element(By.CLASS_NAME, 'id').text for r in results()]
     box = browser.find_element(By.ID, 'q')
     box.clear()

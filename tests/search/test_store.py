@@ -49,6 +49,26 @@ def _other_spec(index, name):
 def _more_items(index, name):
   meta = json.loads((index / name).read_text())
   meta['num_items'] += 1
+  meta['shards'][0]['items'] += 1
+  (index / name).write_text(json.dumps(meta))
+
+
+def _shard_outside(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'][0]['prefix'] = 'shard-../../'  # would read files outside the index
+  (index / name).write_text(json.dumps(meta))
+
+
+def _counts_disagree(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'][0]['items'] -= 1
+  (index / name).write_text(json.dumps(meta))
+
+
+def _missing_shard(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'].append({'prefix': 'shard-0123abcd-', 'items': 1})
+  meta['num_items'] += 1
   (index / name).write_text(json.dumps(meta))
 
 
@@ -70,6 +90,9 @@ def _availability_values(index, name):
     ('model.msgpack', _other_model, 'model.msgpack', 'different indexes'),
     ('meta.json', _other_spec, 'embeddings.npy', 'different indexes'),
     ('meta.json', _more_items, 'embeddings.npy', '(17, 128)'),
+    ('meta.json', _shard_outside, 'meta.json', 'shards named shard-<hex>-'),
+    ('meta.json', _counts_disagree, 'meta.json', 'add up to num_items'),
+    ('meta.json', _missing_shard, 'meta.json', "missing: ['shard-0123abcd-embeddings.npy'"),
     ('word_vectors.npz', _other_words, 'word_vectors.npz', '50-d word vectors'),
 ])
 def test_files_of_different_indexes_are_refused(index, name, damage, blamed, message):
@@ -106,3 +129,20 @@ def test_an_index_with_a_code_running_word_table_is_refused(index):
   with pytest.raises(IndexFileError, match=r'word_vectors\.pkl: refused to load'):
     IndexStore.load(index)
   assert not target.exists()
+
+
+def test_shard_rows_read_as_one_array():
+  from jaxretrieval.search.store import ShardRows
+  parts = [np.arange(6.0).reshape(3, 2), np.arange(6.0, 8.0).reshape(1, 2),
+           np.arange(8.0, 14.0).reshape(3, 2)]
+  whole = np.concatenate(parts)
+  rows = ShardRows(parts)
+  assert rows.shape == (7, 2) and len(rows) == 7 and rows.dtype == whole.dtype
+  np.testing.assert_array_equal(np.asarray(rows), whole)
+  for key in (slice(0, 7), slice(2, 5), slice(3, 4), slice(5, 100), slice(4, 2)):
+    np.testing.assert_array_equal(rows[key], whole[key])
+  for row in (0, 2, 3, 4, 6, -1):
+    np.testing.assert_array_equal(rows[row], whole[row])
+  np.testing.assert_array_equal(rows[[6, 0, 3]], whole[[6, 0, 3]])
+  with pytest.raises(IndexError):
+    rows[7]  # pylint: disable=pointless-statement

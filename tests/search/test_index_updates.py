@@ -1,0 +1,98 @@
+"""A growing collection: --add embeds only new items, --remove drops some; an interrupted
+change leaves the index as it was."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxretrieval.search import build
+from jaxretrieval.search.build import add_to_index, build_index, remove_from_index
+from jaxretrieval.search.engine import SearchEngine
+from jaxretrieval.search.store import IndexStore
+from tests.search.test_api import features_folder, synthcaps_words
+
+
+def _by_id(store):
+  return {i: (np.asarray(store.embeddings[r]), store.availability[r], store.audio_paths[r])
+          for r, i in enumerate(store.ids)}
+
+
+def test_add_then_remove_equals_a_rebuild(tiny_workdir, tmp_path, monkeypatch):
+  words = str(synthcaps_words(tiny_workdir))
+  features_folder(tmp_path / 'first', ['a1', 'a2', 'a3'])
+  features_folder(tmp_path / 'second', ['b1', 'b2'])
+  features_folder(tmp_path / 'kept', ['a1', 'a3', 'b2'])
+  index = tmp_path / 'index'
+  build_index(str(tiny_workdir), str(index), data=str(tmp_path / 'first'), word_vectors=words)
+  embedded = []
+  items = build.Embedder.items
+  monkeypatch.setattr(build.Embedder, 'items',
+                      lambda self, v, data: embedded.append(list(data.ids)) or items(self, v, data))
+  assert add_to_index(str(index), str(tmp_path / 'second')) == 2
+  assert embedded == [['b1', 'b2']]  # only the new items went through the audio tower
+  grown = IndexStore.load(index)
+  assert grown.ids == ['a1', 'a2', 'a3', 'b1', 'b2'] and len(grown.shards) == 2
+  assert all(isinstance(p, np.memmap) for p in grown.embeddings.parts)  # not copied into one
+  assert str((tmp_path / 'second').resolve()) in grown.audio_roots
+  with pytest.raises(ValueError, match='already in'):
+    add_to_index(str(index), str(tmp_path / 'second'))
+  assert remove_from_index(str(index), ['a2', 'b1']) == 3
+  changed = IndexStore.load(index)
+  rebuilt = build_index(str(tiny_workdir), str(tmp_path / 'rebuilt'),
+                        data=str(tmp_path / 'kept'), word_vectors=words)
+  assert sorted(changed.ids) == sorted(rebuilt.ids) == ['a1', 'a3', 'b2']
+  want, got = _by_id(rebuilt), _by_id(changed)
+  for i in want:
+    np.testing.assert_allclose(got[i][0], want[i][0], atol=1e-5)
+    np.testing.assert_array_equal(got[i][1], want[i][1])
+    assert got[i][2].endswith(f'{i}.wav')
+  hits = lambda store: [(h.id, round(h.score, 4))
+                        for h in SearchEngine(store).search('a loud beep', k=3).hits]
+  assert hits(changed) == hits(rebuilt)
+  # Only the files of listed shards remain.
+  listed = {s['prefix'] + f for s in changed.shards
+            for f in ('embeddings.npy', 'availability.npy', 'items.json')}
+  on_disk = {p.name for p in index.iterdir() if p.suffix in ('.npy', '.json')} - {'meta.json'}
+  assert on_disk == listed
+
+
+def test_an_interrupted_change_leaves_the_index_as_it_was(tiny_workdir, tmp_path, monkeypatch):
+  words = str(synthcaps_words(tiny_workdir))
+  features_folder(tmp_path / 'first', ['a1', 'a2'])
+  features_folder(tmp_path / 'second', ['b1'])
+  index = tmp_path / 'index'
+  build_index(str(tiny_workdir), str(index), data=str(tmp_path / 'first'), word_vectors=words)
+  before = (index / 'meta.json').read_text()
+
+  def killed(directory, manifest):
+    raise KeyboardInterrupt  # as if stopped after the new shard, before the manifest swap
+  monkeypatch.setattr(build, 'commit', killed)
+  for change in (lambda: add_to_index(str(index), str(tmp_path / 'second')),
+                 lambda: remove_from_index(str(index), ['a1'])):
+    with pytest.raises(KeyboardInterrupt):
+      change()
+    assert (index / 'meta.json').read_text() == before
+    assert IndexStore.load(index).ids == ['a1', 'a2']
+  assert len(list(index.glob('shard-*'))) == 6  # two shards of three files, not listed
+  monkeypatch.undo()
+  add_to_index(str(index), str(tmp_path / 'second'))  # the next change removes the strays
+  assert len(list(index.glob('shard-*'))) == 3 and IndexStore.load(index).ids[-1] == 'b1'
+
+
+def test_remove_from_the_command_line(tiny_index, tmp_path):
+  import shutil
+  index = shutil.copytree(tiny_index, tmp_path / 'index')
+  ids = IndexStore.load(index).ids
+  (tmp_path / 'ids.txt').write_text(f'{ids[1]}\n{ids[2]}\n')
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.index', *args,
+                                      f'--to={index}'], capture_output=True, text=True)
+  out = run(f'--remove={ids[0]}', f'--remove=@{tmp_path / "ids.txt"}')
+  assert out.returncode == 0 and '13 items left' in out.stdout, out.stderr
+  assert IndexStore.load(index).ids == ids[3:]
+  unknown = run('--remove=nope')
+  assert unknown.returncode == 1 and 'not in' in unknown.stderr and 'nope' in unknown.stderr
+  assert 'Traceback' not in unknown.stderr
+  assert json.loads((index / 'meta.json').read_text())['num_items'] == 13
