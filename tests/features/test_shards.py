@@ -9,16 +9,16 @@ from jaxretrieval.features.release_writer import (Item, folder_reader, write_ite
                                                   write_release, write_tables)
 from jaxretrieval.text import WordVectors
 
-DIMS = {'logmel': 4, 'vggish': 3}
+DIMS = {'logmel': 128, 'vggish': 128}  # the registered widths
 
 
 def _items():
   rng = np.random.default_rng(0)
   items = []
   for k in range(7):
-    experts = {'logmel': rng.normal(size=(k + 1, 4)).astype(np.float32)}
+    experts = {'logmel': rng.normal(size=(k + 1, 128)).astype(np.float32)}
     if k != 3:  # one item lacks vggish
-      experts['vggish'] = rng.normal(size=(2, 3)).astype(np.float32)
+      experts['vggish'] = rng.normal(size=(2, 128)).astype(np.float32)
     items.append(Item(f'clip{k}.wav', experts, [f'a dog {k}'] if k % 2 else []))
   return items
 
