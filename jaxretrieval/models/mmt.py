@@ -104,6 +104,16 @@ class MMTSpec:
   def expert_names(self) -> tuple[str, ...]:
     return tuple(e.name for e in self.experts)
 
+  @property
+  def variant(self) -> str:
+    return 'mmt'
+
+
+def scored_availability(spec: MMTSpec, availability: Array) -> Array:
+  """The availability the similarity (and so the loss and the ranking) sees: all ones with
+  `keep_missing_modalities` (a missing expert counts at full text weight), else the items'."""
+  return jnp.ones_like(availability) if spec.keep_missing_modalities else availability
+
 
 def mmt_experts(dims: dict[str, int]) -> tuple[MMTExpert, ...]:
   """Experts sorted by name (the original's order); unknown names get the free token types."""
@@ -218,9 +228,7 @@ class MMT(nn.Module):
   def similarity(self, text: dict[str, Array], weights: Array, audio: dict[str, Array],
                  availability: Array) -> Array:
     """`[Q, N]` similarities (see the module docstring on missing experts)."""
-    if self.spec.keep_missing_modalities:
-      availability = jnp.ones_like(availability)
-    return mixture_similarity(text, weights, audio, availability)
+    return mixture_similarity(text, weights, audio, scored_availability(self.spec, availability))
 
   def __call__(self, batch: dict, train: bool) -> Array:
     """Similarity matrix `[Q, B]` between the batch's queries and items."""
