@@ -324,7 +324,7 @@ def index_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
 def _sampled_batches(data: SplitData, epoch: int, seed: int, batch_size: int, num_hosts: int,
                      host: int, max_samples: int) -> Iterator[dict]:
   """`index_batches` with `max_samples`: items drawn with replacement, every batch full."""
-  rng = np.random.default_rng([seed, epoch, max_samples])
+  rng = np.random.default_rng([seed, epoch])
   per_host = batch_size // num_hosts
   for _ in range(steps_per_epoch(data, batch_size, max_samples)):
     items = rng.integers(len(data), size=batch_size)
