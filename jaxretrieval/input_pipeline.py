@@ -107,7 +107,7 @@ def _pad(array: np.ndarray, length: int) -> tuple[np.ndarray, int]:
   return out, n
 
 
-def _object_array(arrays: list) -> np.ndarray:
+def object_array(arrays: list) -> np.ndarray:
   """A 1-D object array holding `arrays` (items' frames of different lengths)."""
   out = np.empty(len(arrays), object)
   for i, a in enumerate(arrays):
@@ -155,7 +155,7 @@ class _ItemArrays:
                             'count': np.zeros(len(self.ids)), 'captions': []}
     return SplitData(
         name=name, ids=self.ids, audio_paths=self.paths,
-        experts={e: _object_array(v) if self.all_frames else np.stack(v)
+        experts={e: object_array(v) if self.all_frames else np.stack(v)
                  for e, v in self.feats.items()},
         lengths={e: np.asarray(v, np.int32) for e, v in self.lengths.items()},
         availability=availability,
