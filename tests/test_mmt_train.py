@@ -254,3 +254,53 @@ def test_configuration_errors_are_one_line(synthcaps_tiny, vocab_dir, tmp_path):
       train.train_and_evaluate(tiny_mmt_config(synthcaps_tiny, vocab_dir, **{key: value}),
                                str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists()
+
+
+# Run in a subprocess with two forced CPU devices: MMT's pmapped loss and gradients over two
+# devices (embeddings all-gathered, BatchNorm over the global batch) equal one device's.
+_TWO_DEVICES = '''
+import functools, os
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+import jax, ml_collections, numpy as np
+from configs import mmt_synthcaps
+from jaxretrieval import train
+from jaxretrieval.models import mmt
+c = mmt_synthcaps.get_config()
+c.model.text_bert.update(vocab_size=30, hidden_size=32, num_layers=1, num_heads=2,
+                         intermediate_size=48, max_positions=16)
+c.model.update(same_dim=32, audio_layers=1, audio_heads=2, audio_intermediate=48,
+               audio_max_positions=16, dropout=0.0)
+spec = mmt.mmt_spec(c, {'logmel': 8, 'spectral': 6})
+rng = np.random.RandomState(0)
+items = [{'logmel': rng.normal(size=(3 + i % 3, 8)), 'spectral': rng.normal(size=(4, 6))}
+         for i in range(8)]
+del items[2]['logmel']  # a missing expert
+batch = mmt.audio_batch(items, spec, {'logmel': 4, 'spectral': 5}, None)
+batch['tokens'] = rng.randint(4, 30, (8, 7)).astype(np.int32)
+batch['token_mask'] = np.ones((8, 7), np.int32)
+batch['row_mask'] = batch['text_row_mask'] = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
+variables = mmt.MMT(spec).init(jax.random.key(0), mmt.dummy_batch(spec), False)
+loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.05, 'fix_norm': True})
+step = functools.partial(train.loss_and_grads, model=mmt.MMT(spec, axis_name=train.AXIS),
+                         loss_config=loss_config)
+def run(devices):
+  fn = jax.pmap(lambda p, s, b: step(p, s, b, None), axis_name=train.AXIS,
+                devices=jax.devices()[:devices])
+  rep = lambda x: np.stack([x] * devices)
+  shard = lambda x: x.reshape((devices, -1) + x.shape[1:])
+  loss, grads, _ = fn(jax.tree.map(rep, variables['params']),
+                      jax.tree.map(rep, variables['batch_stats']), jax.tree.map(shard, batch))
+  return float(loss[0]), jax.tree.map(lambda g: np.asarray(g[0]), grads)
+(one, g1), (two, g2) = run(1), run(2)
+assert one > 0 and abs(one - two) < 1e-5, (one, two)
+worst = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)))
+assert worst < 1e-5 and max(float(np.abs(a).max()) for a in jax.tree.leaves(g1)) > 0, worst
+print('ok', one, two, worst)
+'''
+
+
+def test_two_devices_match_one():
+  done = subprocess.run([sys.executable, '-c', _TWO_DEVICES], capture_output=True, text=True,
+                        cwd=ROOT)
+  assert done.returncode == 0 and done.stdout.startswith('ok'), done.stderr[-3000:]
