@@ -289,8 +289,11 @@ def expert_tokens(frames: np.ndarray | None, max_tokens: int, rng: np.random.Ran
     raise ValueError(f'expert frames of shape {frames.shape}; expected [T, {dim}]')
   centres = (np.arange(len(frames)) + 0.5) * frame_width
   keep = min(len(frames), max_tokens)
-  pick = (rng or np.random.RandomState(0)).choice(len(frames), size=keep, replace=False)
-  pick = np.sort(pick)
+  if len(frames) > max_tokens:  # (a subset of every frame is all of them, in order)
+    pick = np.sort((rng or np.random.RandomState(0)).choice(len(frames), size=keep,
+                                                            replace=False))
+  else:
+    pick = np.arange(keep)
   out['frames'][:keep] = frames[pick]
   out['mask'][:keep] = 1
   out['positions'][:keep] = np.floor(centres[pick] + FIRST_FRAME_POSITION).astype(np.int32)
