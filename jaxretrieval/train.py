@@ -11,7 +11,9 @@ with the best checkpoint at the end. Re-running in the same workdir resumes.
 same step, checkpoints and writers: its batches come from `input_pipeline.mmt_batches` (BERT
 tokens, expert frame tokens), its text tower starts from the pre-trained BERT of
 `config.model.bert_dir`, dropout draws a key per step and device, and evaluation embeds every
-item and every distinct query once (`MMTEmbedder`).
+item and every distinct query once (`MMTEmbedder`). Its recipe tests the last epoch
+(`config.model_selection='last_epoch'`: checkpoints are saved without a validation score, so
+the newest ranks first) and draws `config.max_samples_per_epoch` samples per epoch.
 """
 
 import dataclasses
