@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_fraction = 1.0  # a seeded subset of the train split (Fig. 1c)
   c.val_captions = 1  # validation uses the first caption only (REFERENCE §7.14)
   c.batch_size = 128  # global, over all devices and hosts
+  # 0: an epoch is one pass over a permutation of the training items (the paper's CE/MoEE).
+  # n > 0: an epoch is n // batch_size full batches of items drawn with replacement (the
+  # original MMT trainer: a shuffled dataset of length 1e7 read modulo the split size).
+  c.max_samples_per_epoch = 0
   c.data_on_device = False  # keep the whole training set in device memory
 
   # Model (REFERENCE §2).
@@ -56,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
       lr_decay=0.95,  # per epoch, after validation
   ))
   c.num_epochs = 20
+  # Which epoch is tested: 'best_val' (the best validation t2a geometric mean, ties to the
+  # later epoch; REFERENCE §4.3) or 'last_epoch' (the original MMT's `monitor: max epoch`).
+  c.model_selection = 'best_val'
   c.init_from = ''  # workdir whose best checkpoint initialises training (fine-tuning)
   c.init_optimizer = True  # with init_from: also resume its optimizer state (REFERENCE §7.18)
 

@@ -17,34 +17,40 @@ import ml_collections
 from configs import common
 from jaxretrieval.data import registry
 
-# max_text_words, max_expert_tokens of the original configs.
+# max_text_words, max_expert_tokens of the original configs; other datasets keep the token
+# limits of `common.DATASETS`.
 TOKENS = {'audiocaps': (52, 32), 'clotho': (21, 95)}
 PROTOCOLS = ('per_caption', 'original')
 
 
-def experiment(dataset: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """The original MMT recipe on `dataset` ('audiocaps' or 'clotho')."""
-  a = common.parse_arg(arg, experts=('vggish', 'vggsound'), seed=0, protocol='per_caption')
+def experiment(dataset: str, arg: str | None = None,
+               experts: tuple[str, ...] = ('vggish', 'vggsound')) -> ml_collections.ConfigDict:
+  """The original MMT recipe on `dataset` ('audiocaps', 'clotho', or any of common.DATASETS)."""
+  a = common.parse_arg(arg, experts=experts, seed=0, protocol='per_caption')
   if a.protocol not in PROTOCOLS:
     raise ValueError(f'protocol={a.protocol!r}: expected one of {PROTOCOLS}')
   c = registry.configure(common.get_config(), dataset)
   c.seed = a.seed
   c.experts = tuple(a.experts)
-  text_tokens, expert_tokens = TOKENS[dataset]
-  c.max_tokens = ml_collections.ConfigDict(
-      {'text': text_tokens, **{e: expert_tokens for e in c.experts}})
+  if dataset in TOKENS:
+    text_tokens, expert_tokens = TOKENS[dataset]
+    c.max_tokens = ml_collections.ConfigDict(
+        {'text': text_tokens, **{e: expert_tokens for e in c.experts}})
   if a.protocol == 'original':
     c.fuse_captions = True  # every split: one query of all captions, cut to text_tokens words
     c.num_test_captions = 1
   c.batch_size = 32
   c.num_epochs = 50
-  c.max_samples_per_epoch = 32_000  # an epoch is min(train size, 32,000 / 32 = 1,000) batches
+  c.max_samples_per_epoch = 32_000  # an epoch is 32,000 / 32 = 1,000 batches drawn with replacement
   c.model_selection = 'last_epoch'  # the original monitors "max epoch": the last one is kept
   c.model = ml_collections.ConfigDict(dict(
       variant='mmt',
       # Folder holding bert-base-cased's vocab.txt and model.safetensors (or a zip-serialised
-      # pytorch_model.bin); see the README, "MMT". Required for training and queries.
+      # pytorch_model.bin); see the README, "MMT". Required for training and evaluation.
       bert_dir='',
+      # True: a new run's text tower starts from bert_dir's weights (the original). False: from
+      # a random initialisation, only vocab.txt is read (tiny models, toy data, tests).
+      pretrained_text=True,
       # The text tower: bert-base-cased's sizes (its config.json).
       text_bert=ml_collections.ConfigDict(dict(
           vocab_size=28996, hidden_size=768, num_layers=12, num_heads=12,

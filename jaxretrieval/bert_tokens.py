@@ -75,10 +75,20 @@ class BertTokens:
       mask[row, :len(tokens)] = 1
     return ids, mask
 
-  def encode_captions(self, captions: Sequence[str], fuse: bool = False
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Caption strings of one item -> one query per caption, or one query (`fuse`)."""
+  @staticmethod
+  def queries(captions: Sequence[str], fuse: bool = False) -> list[list[str]]:
+    """Caption strings of one item -> the word lists of its queries: one per caption, or
+    one of all their words in order (`fuse`, the original's `query_shuffling: cat`)."""
     words = [c.split() for c in captions]
     if fuse:
       words = [[w for caption in words for w in caption]]
-    return self.encode(words)
+    return words
+
+  def encode_captions(self, captions: Sequence[str], fuse: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Caption strings of one item -> one query per caption, or one query (`fuse`)."""
+    return self.encode(self.queries(captions, fuse))
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tokenizer.get_vocab_size()

@@ -8,6 +8,11 @@ draws a seeded permutation and one random caption per item; the last, partial ba
 padded and masked so the loss and BatchNorm see only its real items. Every host builds the
 same global batch and keeps its own slice, so a multi-host run sees exactly the batches of
 a single-host one.
+
+MMT (`spec` an `MMTSpec`) reads the same splits differently: an item keeps ALL its expert
+frames (the original's loader draws a subset of `max_tokens` frames per batch and max-pools
+every frame), and captions become BERT WordPiece ids (`bert_tokens.BertTokens`, once per
+split) in place of word-table rows; `mmt_batches` then builds its batches (`models.mmt`).
 """
 
 import dataclasses
@@ -19,7 +24,9 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxretrieval.bert_tokens import BertTokens
 from jaxretrieval.models import ModelSpec, check_availability
+from jaxretrieval.models import mmt
 
 
 class WordTable:
@@ -48,15 +55,19 @@ class WordTable:
 
 @dataclasses.dataclass
 class SplitData:
-  """One split in host memory. Captions of item i are rows caption_start[i]:+caption_count[i]."""
+  """One split in host memory. Captions of item i are rows caption_start[i]:+caption_count[i].
+
+  For MMT, `experts[e]` is an object array `[N]` of every frame of each item (`[T_i, D_e]`),
+  `lengths` their counts, and `caption_ids` BERT WordPiece ids ([CLS] ... [SEP], 0-padded).
+  """
   name: str
   ids: list[str]
   audio_paths: list[str]
-  experts: dict[str, np.ndarray]  # [N, T_e, D_e] (vlad) or [N, D_e] (avg)
+  experts: dict[str, np.ndarray]  # [N, T_e, D_e] (vlad) or [N, D_e] (avg); MMT: see above
   lengths: dict[str, np.ndarray]  # [N] real frames after truncation
   availability: np.ndarray  # [N, M] float32, model expert order
-  caption_ids: np.ndarray  # [C, T_text] int32 rows of the word table
-  caption_lengths: np.ndarray  # [C]
+  caption_ids: np.ndarray  # [C, T_text] int32 rows of the word table (MMT: WordPiece ids)
+  caption_lengths: np.ndarray  # [C] tokens
   caption_start: np.ndarray  # [N]
   caption_count: np.ndarray  # [N]
   captions: list[str]  # [C]
@@ -96,13 +107,22 @@ def _pad(array: np.ndarray, length: int) -> tuple[np.ndarray, int]:
   return out, n
 
 
-class _ItemArrays:
-  """Collects items' experts (truncated, zero-padded) and availability."""
+def object_array(arrays: list) -> np.ndarray:
+  """A 1-D object array holding `arrays` (items' frames of different lengths)."""
+  out = np.empty(len(arrays), object)
+  for i, a in enumerate(arrays):
+    out[i] = a
+  return out
 
-  def __init__(self, config, spec: ModelSpec):
+
+class _ItemArrays:
+  """Collects items' experts (truncated, zero-padded; MMT: every frame) and availability."""
+
+  def __init__(self, config, spec: ModelSpec | mmt.MMTSpec):
     self.spec, self.max_tokens = spec, config.max_tokens
-    missing = [e.name for e in spec.experts if e.temporal == 'vlad' and e.name not in
-               self.max_tokens]
+    self.all_frames = isinstance(spec, mmt.MMTSpec)
+    missing = [e.name for e in spec.experts
+               if (self.all_frames or e.temporal == 'vlad') and e.name not in self.max_tokens]
     if missing or 'text' not in self.max_tokens:
       raise ValueError(f'config.max_tokens lacks {missing or ["text"]}: set the token limit of '
                        'every temporal expert and of the text')
@@ -114,8 +134,13 @@ class _ItemArrays:
     self.ids.append(item)
     self.paths.append(audio_path)
     for e in self.spec.experts:
-      x, n = (_pad(experts[e.name], self.max_tokens[e.name]) if e.temporal == 'vlad'
-              else (experts[e.name], 1))
+      if self.all_frames:  # a pooled [D] expert is one frame
+        x = np.asarray(experts[e.name], np.float32).reshape(-1, e.dim)
+        x = x if available[e.name] else x[:0]
+        n = len(x)
+      else:
+        x, n = (_pad(experts[e.name], self.max_tokens[e.name]) if e.temporal == 'vlad'
+                else (experts[e.name], 1))
       self.feats[e.name].append(x)
       self.lengths[e.name].append(n)
     self.avail.append([float(available[e]) for e in self.spec.expert_names])
@@ -130,7 +155,8 @@ class _ItemArrays:
                             'count': np.zeros(len(self.ids)), 'captions': []}
     return SplitData(
         name=name, ids=self.ids, audio_paths=self.paths,
-        experts={e: np.stack(v) for e, v in self.feats.items()},
+        experts={e: object_array(v) if self.all_frames else np.stack(v)
+                 for e, v in self.feats.items()},
         lengths={e: np.asarray(v, np.int32) for e, v in self.lengths.items()},
         availability=availability,
         caption_ids=np.asarray(captions['cap_ids'], np.int32).reshape(
@@ -147,13 +173,18 @@ def check_experts(available: list[str], experts: tuple[str, ...], source: str) -
                        f'experts are {sorted(available)}')
 
 
-def load_split(builder, split: str, config, spec: ModelSpec, table: WordTable) -> SplitData:
-  """Reads a TFDS split into a SplitData for the model's experts."""
+def load_split(builder, split: str, config, spec: ModelSpec | mmt.MMTSpec,
+               text: WordTable | BertTokens) -> SplitData:
+  """Reads a TFDS split into a SplitData for the model's experts; captions become rows of
+  the word table `text` (CE, MoEE) or BERT tokens (`text` a BertTokens, MMT)."""
   check_experts(list(builder.info.features['experts'].keys()), spec.expert_names, builder.name)
   items = _ItemArrays(config, spec)
-  text_tokens = config.max_tokens['text']
+  examples = tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+  if isinstance(text, BertTokens):
+    return _load_bert_captions(examples, items, split, text, config.fuse_captions)
+  table, text_tokens = text, config.max_tokens['text']
   captions = {k: [] for k in ('cap_ids', 'cap_len', 'start', 'count', 'captions')}
-  for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+  for example in examples:
     items.add(example['id'].decode(), example['audio_path'].decode(), example['experts'],
               example['available'])
     vectors = np.split(example['caption_vectors'], np.cumsum(example['caption_lengths'])[:-1])
@@ -168,6 +199,23 @@ def load_split(builder, split: str, config, spec: ModelSpec, table: WordTable) -
       captions['cap_len'].append(n)
       captions['captions'].append(text)
   return items.split_data(split, captions)
+
+
+def _load_bert_captions(examples, items: _ItemArrays, split: str, tokens: BertTokens,
+                        fuse: bool) -> SplitData:
+  """The split with its captions as BERT tokens, the whole split encoded in one call."""
+  queries, captions = [], {'start': [], 'count': [], 'captions': []}
+  for example in examples:
+    items.add(example['id'].decode(), example['audio_path'].decode(), example['experts'],
+              example['available'])
+    texts = [c.decode() for c in example['captions']]
+    words = tokens.queries(texts, fuse)
+    captions['start'].append(len(queries))
+    captions['count'].append(len(words))
+    captions['captions'] += [' '.join(texts)] if fuse else texts
+    queries += words
+  ids, mask = tokens.encode(queries)
+  return items.split_data(split, {**captions, 'cap_ids': ids, 'cap_len': mask.sum(1)})
 
 
 def load_items(examples, config, spec: ModelSpec, name: str) -> SplitData:
@@ -212,9 +260,13 @@ def subset(data: SplitData, fraction: float, seed: int) -> SplitData:
       caption_count=data.caption_count[keep], captions=data.captions)
 
 
-def steps_per_epoch(data: SplitData, batch_size: int) -> int:
+def steps_per_epoch(data: SplitData, batch_size: int, max_samples: int = 0) -> int:
   """Batches per epoch. A last batch of a single item is left out (its BatchNorm variance
-  would divide by zero; the reference crashes there), and `train_batches` logs it."""
+  would divide by zero; the reference crashes there), and `train_batches` logs it. With
+  `max_samples` (the original MMT's `max_samples_per_epoch`): max_samples // batch_size full
+  batches, as its trainer stops before a batch would exceed max_samples."""
+  if max_samples:
+    return max_samples // batch_size
   steps = math.ceil(len(data) / batch_size)
   return steps - 1 if len(data) % batch_size == 1 and len(data) > 1 else steps
 
@@ -241,8 +293,16 @@ def gather(source: dict, index: dict, xp=np) -> dict:
 
 
 def index_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
-                  num_hosts: int = 1, host: int = 0) -> Iterator[dict]:
-  """This host's slice of every global batch of an epoch: item and caption rows, mask."""
+                  num_hosts: int = 1, host: int = 0, max_samples: int = 0) -> Iterator[dict]:
+  """This host's slice of every global batch of an epoch: item and caption rows, mask.
+
+  An epoch is a permutation of the items, one random caption each; with `max_samples`, it
+  is `steps_per_epoch` batches of items drawn uniformly with replacement (an item may occur
+  twice in a batch), a random caption per draw, as the original MMT trainer samples.
+  """
+  if max_samples:
+    yield from _sampled_batches(data, epoch, seed, batch_size, num_hosts, host, max_samples)
+    return
   rng = np.random.default_rng([seed, epoch])
   order = rng.permutation(len(data))
   picks = data.caption_start + (rng.random(len(data)) * data.caption_count).astype(np.int64)
@@ -261,11 +321,57 @@ def index_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
            'row_mask': valid[host * per_host:(host + 1) * per_host]}
 
 
+def _sampled_batches(data: SplitData, epoch: int, seed: int, batch_size: int, num_hosts: int,
+                     host: int, max_samples: int) -> Iterator[dict]:
+  """`index_batches` with `max_samples`: items drawn with replacement, every batch full."""
+  rng = np.random.default_rng([seed, epoch])
+  per_host = batch_size // num_hosts
+  for _ in range(steps_per_epoch(data, batch_size, max_samples)):
+    items = rng.integers(len(data), size=batch_size)
+    captions = data.caption_start[items] + (rng.random(batch_size)
+                                            * data.caption_count[items]).astype(np.int64)
+    mine = slice(host * per_host, (host + 1) * per_host)
+    yield {'items': items[mine].astype(np.int32), 'captions': captions[mine].astype(np.int32),
+           'row_mask': np.ones(per_host, np.float32)}
+
+
+def token_mask(lengths: np.ndarray, length: int) -> np.ndarray:
+  """`[N, length]` int32 masks of the first `lengths` tokens."""
+  return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+
+
+def mmt_audio(data: SplitData, items: np.ndarray, spec: mmt.MMTSpec, max_tokens,
+              rng: np.random.RandomState | None, frame_width: float) -> dict:
+  """MMT's audio inputs for the `items` rows of a split (`mmt.audio_batch`): a random subset
+  of frames beyond `max_tokens` drawn with `rng`, the original's fixed one when None."""
+  frames = [{e: data.experts[e][i] for e in spec.expert_names if data.lengths[e][i]}
+            for i in items]
+  return mmt.audio_batch(frames, spec, max_tokens, rng, frame_width)
+
+
+def mmt_batches(data: SplitData, epoch: int, seed: int, batch_size: int, spec: mmt.MMTSpec,
+                config, num_hosts: int = 1, host: int = 0) -> Iterator[dict]:
+  """This host's slice of every MMT training batch of an epoch (items drawn as in
+  `index_batches`): tokens and token_mask `[b, L]`, the audio inputs of `mmt.audio_batch`
+  (frame subsets drawn per step and host), row masks."""
+  max_samples = config.get('max_samples_per_epoch', 0)
+  for step, index in enumerate(index_batches(data, epoch, seed, batch_size, num_hosts, host,
+                                             max_samples)):
+    rng = np.random.RandomState(np.random.SeedSequence([seed, epoch, step, host])
+                                .generate_state(1))
+    rows = index['captions']
+    yield {'tokens': data.caption_ids[rows],
+           'token_mask': token_mask(data.caption_lengths[rows], data.caption_ids.shape[1]),
+           **mmt_audio(data, index['items'], spec, config.max_tokens, rng,
+                       config.model.frame_width),
+           'row_mask': index['row_mask'], 'text_row_mask': index['row_mask']}
+
+
 def train_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
-                  num_hosts: int = 1, host: int = 0) -> Iterator[dict]:
+                  num_hosts: int = 1, host: int = 0, max_samples: int = 0) -> Iterator[dict]:
   """This host's slice of every global batch of an epoch, gathered on the host."""
   source = arrays(data)
-  for index in index_batches(data, epoch, seed, batch_size, num_hosts, host):
+  for index in index_batches(data, epoch, seed, batch_size, num_hosts, host, max_samples):
     yield gather(source, index)
 
 

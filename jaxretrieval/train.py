@@ -6,6 +6,14 @@ BatchNorm takes its statistics over the global batch, and gradients are summed. 
 ends with validation (first caption only) and one checkpoint carrying its t2a geometric
 mean (see `checkpointing`: the newest two and the best are kept); the test split is
 evaluated with the best checkpoint at the end. Re-running in the same workdir resumes.
+
+`config.model.variant='mmt'` trains the Multi-Modal Transformer (`models/mmt.py`) through the
+same step, checkpoints and writers: its batches come from `input_pipeline.mmt_batches` (BERT
+tokens, expert frame tokens), its text tower starts from the pre-trained BERT of
+`config.model.bert_dir`, dropout draws a key per step and device, and evaluation embeds every
+item and every distinct query once (`MMTEmbedder`). Its recipe tests the last epoch
+(`config.model_selection='last_epoch'`: checkpoints are saved without a validation score, so
+the newest ranks first) and draws `config.max_samples_per_epoch` samples per epoch.
 """
 
 import dataclasses
@@ -29,13 +37,18 @@ import optax
 from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
 from jaxretrieval import losses
-from jaxretrieval.evaluation import Embedder, evaluate_split, write_results
+from jaxretrieval.bert_tokens import BertTokens
+from jaxretrieval.checkpoints import mmt_convert
+from jaxretrieval.evaluation import Embedder, evaluate_split, split_metrics, write_results
 from jaxretrieval.experts import model_spec
+from jaxretrieval.input_pipeline import eval_queries
 from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
+from jaxretrieval.models import mmt
 from jaxretrieval.optim import ranger, restart_schedule, with_reference_state
 
 AXIS = 'batch'
 SELECTION_METRIC = 'geometric_mean_R1-R5-R10'
+MODEL_SELECTIONS = ('best_val', 'last_epoch')
 
 
 class TrainState(train_state.TrainState):
@@ -47,6 +60,33 @@ def expert_dims(builder) -> dict[str, tuple[int, str]]:
   features = builder.info.features['experts']
   return {e: (f.shape[-1], 'vlad' if len(f.shape) == 2 else 'avg')
           for e, f in features.items()}
+
+
+def is_mmt(config) -> bool:
+  return config.model.variant == 'mmt'
+
+
+def run_spec(config, dims: dict[str, tuple[int, str]]) -> ModelSpec | mmt.MMTSpec:
+  """The architecture of `config` on a dataset with expert widths `dims`."""
+  if is_mmt(config):
+    return mmt.mmt_spec(config, {e: d for e, (d, _) in dims.items()})
+  return model_spec(config, dims)
+
+
+def bert_tokens(config) -> BertTokens:
+  """MMT's tokenizer: `config.model.bert_dir`/vocab.txt, queries cut to max_tokens.text."""
+  folder = config.model.bert_dir
+  if not folder:
+    raise FileNotFoundError(
+        'config.model.bert_dir is empty: MMT needs a folder holding bert-base-cased\'s vocab.txt '
+        '(and model.safetensors unless config.model.pretrained_text=False); pass '
+        '--config.model.bert_dir=DIR (see the README, "MMT")')
+  tokens = BertTokens(pathlib.Path(folder).expanduser() / 'vocab.txt', config.max_tokens['text'])
+  if tokens.vocab_size > config.model.text_bert.vocab_size:
+    raise ValueError(f'{folder}/vocab.txt has {tokens.vocab_size} WordPieces, more than '
+                     f'config.model.text_bert.vocab_size={config.model.text_bert.vocab_size}: '
+                     'set it to the vocabulary\'s size (28996 for bert-base-cased)')
+  return tokens
 
 
 def lr_schedule(config, steps_per_epoch: int, base_lr: float) -> optax.Schedule:
@@ -74,7 +114,8 @@ def model_inputs(batch: dict, word_table: jax.Array) -> dict:
 
 def contrastive_loss(params, loss_config, names, text, weights, audio, availability,
                      valid) -> jax.Array:
-  """This device's share of the global-batch loss (summing over devices gives the loss)."""
+  """This device's share of the global-batch loss (summing over devices gives the loss).
+  `availability` is what the similarity sees (MMT: `mmt.scored_availability`)."""
   gather = functools.partial(jax.lax.all_gather, axis_name=AXIS, tiled=True)
   all_text, all_weights, all_audio = gather(text), gather(weights), gather(audio)
   all_avail, all_valid = gather(availability), gather(valid)
@@ -92,28 +133,40 @@ def contrastive_loss(params, loss_config, names, text, weights, audio, availabil
   return total / count
 
 
-def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array, *,
-                   model: RetrievalModel, loss_config):
-  """Global-batch loss, its gradients (summed over devices) and the new BN statistics."""
-  inputs = model_inputs(batch, word_table)
+def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array | None, *,
+                   model: RetrievalModel | mmt.MMT, loss_config,
+                   dropout_key: jax.Array | None = None):
+  """Global-batch loss, its gradients (summed over devices) and the new BN statistics.
+  MMT batches (`word_table` None) are the model's inputs as they come; its dropout draws
+  from `dropout_key`."""
+  if isinstance(model, mmt.MMT):
+    inputs, availability = batch, mmt.scored_availability(model.spec, batch['availability'])
+  else:
+    inputs, availability = model_inputs(batch, word_table), batch['availability']
 
   def loss_fn(params):
     (text, weights, audio), updates = model.apply(
         {'params': params, 'batch_stats': batch_stats}, inputs, train=True,
-        mutable=['batch_stats'], method=RetrievalModel.embed)
+        mutable=['batch_stats'], rngs=None if dropout_key is None else {'dropout': dropout_key},
+        method='embed')
     loss = contrastive_loss(params, loss_config, model.spec.expert_names, text, weights, audio,
-                            batch['availability'], batch['row_mask'] > 0)
+                            availability, batch['row_mask'] > 0)
     return loss, updates['batch_stats']
 
   (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return jax.lax.psum(loss, AXIS), jax.lax.psum(grads, AXIS), new_stats
 
 
-def train_step(state: TrainState, batch: dict, word_table: jax.Array, *, model: RetrievalModel,
-               loss_config, schedule) -> tuple[TrainState, dict]:
-  """One optimisation step on this device's shard of the global batch."""
+def train_step(state: TrainState, batch: dict, word_table: jax.Array | None, *,
+               model: RetrievalModel | mmt.MMT, loss_config, schedule,
+               seed: int = 0) -> tuple[TrainState, dict]:
+  """One optimisation step on this device's shard of the global batch. Dropout (MMT's) draws
+  from `seed` folded with the step and the device."""
+  dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
+                                   jax.lax.axis_index(AXIS))
   loss, grads, batch_stats = loss_and_grads(state.params, state.batch_stats, batch, word_table,
-                                            model=model, loss_config=loss_config)
+                                            model=model, loss_config=loss_config,
+                                            dropout_key=dropout_key)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   metrics = {'loss': loss, 'learning_rate': schedule(state.step),
              'grad_norm': optax.tree.norm(grads)}
@@ -127,6 +180,16 @@ def _check_config(config) -> None:
                      f'the {devices} devices')
   if config.num_epochs < 1:
     raise ValueError(f'config.num_epochs={config.num_epochs}: expected >= 1')
+  samples = config.get('max_samples_per_epoch', 0)
+  if samples and samples < config.batch_size:
+    raise ValueError(f'config.max_samples_per_epoch={samples}: expected 0 (whole split) or at '
+                     f'least config.batch_size={config.batch_size}')
+  if config.get('model_selection', 'best_val') not in MODEL_SELECTIONS:
+    raise ValueError(f'config.model_selection={config.model_selection!r}: expected one of '
+                     f'{MODEL_SELECTIONS}')
+  if is_mmt(config) and config.data_on_device:
+    raise ValueError('config.data_on_device=True is not available for MMT (its batches are '
+                     'built on the host from every frame): set it to False')
 
 
 @dataclasses.dataclass
@@ -151,7 +214,7 @@ class Datasets:
   train: input_pipeline.SplitData
   val: input_pipeline.SplitData
   test: input_pipeline.SplitData
-  words: np.ndarray  # [V, 300], row 0 the padding vector
+  words: np.ndarray | None  # [V, 300], row 0 the padding vector; None for MMT (BERT tokens)
   dims: dict[str, tuple[int, str]]
 
 
@@ -159,19 +222,21 @@ def load_datasets(config, test_only: bool = False) -> Datasets:
   """The run's splits from TFDS; with `test_only` the test split stands for all three."""
   builder = input_pipeline.tfds_builder(config)
   dims = expert_dims(builder)
-  spec = model_spec(config, dims)
-  table = input_pipeline.WordTable()
-  load = lambda split: input_pipeline.load_split(builder, split, config, spec, table)
+  spec = run_spec(config, dims)
+  text = bert_tokens(config) if is_mmt(config) else input_pipeline.WordTable()
+  words = lambda: None if is_mmt(config) else text.matrix
+  load = lambda split: input_pipeline.load_split(builder, split, config, spec, text)
   start = time.time()
   test = load(config.test_split)
   if test_only:
-    return Datasets(test, test, test, table.matrix, dims)
+    return Datasets(test, test, test, words(), dims)
   train = input_pipeline.subset(load(config.train_split), config.train_fraction, config.seed)
   val = test if config.test_split == config.val_split else load(config.val_split)
-  logging.info('Loaded %s: %d train, %d val, %d test items, %d distinct words in %.1f s',
-               config.tfds_name, len(train), len(val), len(test), len(table.matrix),
+  logging.info('Loaded %s: %d train, %d val, %d test items, %s in %.1f s', config.tfds_name,
+               len(train), len(val), len(test),
+               'BERT tokens' if is_mmt(config) else f'{len(text.matrix)} distinct words',
                time.time() - start)
-  return Datasets(train, val, test, table.matrix, dims)
+  return Datasets(train, val, test, words(), dims)
 
 
 class Run:
@@ -181,15 +246,20 @@ class Run:
                data: Datasets | None = None):
     self.config, self.workdir = config, workdir
     data = data or load_datasets(config)
-    self.spec = model_spec(config, data.dims)
+    self.spec = run_spec(config, data.dims)
     dtype = jnp.dtype(config.dtype)
-    self.model = RetrievalModel(self.spec, axis_name=AXIS, dtype=dtype)
-    self.eval_model = RetrievalModel(self.spec, dtype=dtype)
+    self.mmt = is_mmt(config)
+    model_class = mmt.MMT if self.mmt else RetrievalModel
+    self.model = model_class(self.spec, axis_name=AXIS, dtype=dtype)
+    self.eval_model = model_class(self.spec, dtype=dtype)
     self.train, self.val, self.test = data.train, data.val, data.test
-    self.word_table = jax_utils.replicate(jnp.asarray(data.words))
+    self.word_table = None if self.mmt else jax_utils.replicate(jnp.asarray(data.words))
     self.devices = jax.local_device_count()
-    self.steps_per_epoch = input_pipeline.steps_per_epoch(self.train, config.batch_size)
-    self.embedder = Embedder(self.eval_model, max(1, config.eval_chunk // self.devices))
+    self.steps_per_epoch = input_pipeline.steps_per_epoch(
+        self.train, config.batch_size, config.get('max_samples_per_epoch', 0))
+    chunk = max(1, config.eval_chunk // self.devices)
+    self.embedder = (MMTEmbedder(self.eval_model, chunk, config) if self.mmt
+                     else Embedder(self.eval_model, chunk))
     # With data_on_device the training arrays are copied to every device once and each
     # step receives only row indices; otherwise batches are gathered on the host.
     self.device_data = (jax_utils.replicate(input_pipeline.arrays(self.train))
@@ -201,6 +271,9 @@ class Run:
   def init_variables(self) -> dict:
     """The model's {'params', 'batch_stats'} initialised from config.seed."""
     c = self.config
+    init = jax.jit(functools.partial(self.eval_model.init, train=False))
+    if self.mmt:
+      return dict(init(jax.random.key(c.seed), mmt.dummy_batch(self.spec)))
     b = c.batch_size // jax.device_count()
     sample = {
         'experts': {e.name: jnp.zeros((b, c.max_tokens[e.name], e.dim) if e.temporal == 'vlad'
@@ -208,8 +281,18 @@ class Run:
         'availability': jnp.ones((b, len(self.spec.experts))),
         'text': jnp.zeros((b, c.max_tokens['text'], self.spec.text_dim)),
     }
-    init = jax.jit(functools.partial(self.eval_model.init, train=False))
     return dict(init(jax.random.key(c.seed), sample))
+
+  def initial_variables(self) -> dict:
+    """The variables a new run starts from: `init_variables`, and for MMT the pre-trained
+    text BERT of config.model.bert_dir (the original's `txt_inp = bertftn`) unless
+    config.model.pretrained_text is False (a BERT trained from scratch: tests, toy data)."""
+    variables = self.init_variables()
+    m = self.config.model
+    if self.mmt and m.get('pretrained_text', True):
+      logging.info('Text tower: the pre-trained BERT of %s', m.bert_dir)
+      variables = mmt_convert.with_pretrained_text(variables, m.bert_dir, self.spec)
+    return variables
 
   def new_state(self, base_lr: float, variables: dict | None = None) -> TrainState:
     """A state at step 0 whose optimizer is initialised on `variables` (default: a fresh
@@ -222,7 +305,11 @@ class Run:
   def compile_train_step(self, base_lr: float):
     """The pmapped step: `step(state, batch) -> (state, metrics)`."""
     step = functools.partial(train_step, model=self.model, loss_config=self.config.loss,
-                             schedule=self.schedule(base_lr))
+                             schedule=self.schedule(base_lr), seed=self.config.seed)
+    if self.mmt:
+      p_step = jax.pmap(lambda state, batch: step(state, batch, None), axis_name=AXIS,
+                        donate_argnums=(0,))
+      return p_step
     if self.device_data is None:
       p_step = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
       return lambda state, batch: p_step(state, batch, self.word_table)
@@ -235,16 +322,74 @@ class Run:
 
   def validate(self, variables: dict, data, num_captions: int) -> dict:
     """Metrics of a split; `variables` are replicated {'params', 'batch_stats'}."""
+    if self.mmt:
+      return evaluate_mmt_split(self.embedder, variables, data, num_captions, self.spec)
     return evaluate_split(self.embedder, variables, data, num_captions, self.word_table)
 
   def batches(self, epoch: int):
     """This epoch's batches (or index batches, with data_on_device), on the devices."""
     c = self.config
-    make = (input_pipeline.index_batches if self.device_data is not None
-            else input_pipeline.train_batches)
-    it = make(self.train, epoch, c.seed, c.batch_size, jax.process_count(), jax.process_index())
+    if self.mmt:
+      it = input_pipeline.mmt_batches(self.train, epoch, c.seed, c.batch_size, self.spec, c,
+                                      jax.process_count(), jax.process_index())
+    else:
+      make = (input_pipeline.index_batches if self.device_data is not None
+              else input_pipeline.train_batches)
+      it = make(self.train, epoch, c.seed, c.batch_size, jax.process_count(),
+                jax.process_index(), c.get('max_samples_per_epoch', 0))
     return jax_utils.prefetch_to_device(
         (input_pipeline.shard(b, self.devices) for b in it), size=2)
+
+
+class MMTEmbedder(Embedder):
+  """MMT's towers in eval mode over all local devices: every item embedded once from the
+  original's evaluation-time frame tokens (built once per split), every distinct query once
+  (per-caption text caching: the BERT text tower is most of an evaluation's cost)."""
+
+  def __init__(self, model: mmt.MMT, chunk: int, config):  # pylint: disable=super-init-not-called
+    self.chunk, self.devices = chunk, jax.local_device_count()
+    self.spec, self.config = model.spec, config
+    self._audio = jax.pmap(lambda v, batch: model.apply(v, batch, False,
+                                                        method=mmt.MMT.encode_audio),
+                           axis_name='batch')
+    self._text = jax.pmap(lambda v, batch: model.apply(v, batch['tokens'], batch['token_mask'],
+                                                       False, method=mmt.MMT.encode_text),
+                          axis_name='batch')
+    self._audio_inputs = {}  # split name -> its items' audio inputs (fixed at evaluation)
+
+  def audio_inputs(self, data: input_pipeline.SplitData) -> dict:
+    if data.name not in self._audio_inputs:
+      c = self.config
+      self._audio_inputs[data.name] = input_pipeline.mmt_audio(
+          data, np.arange(len(data)), self.spec, c.max_tokens, None, c.model.frame_width)
+    return self._audio_inputs[data.name]
+
+  def items(self, variables, data: input_pipeline.SplitData):
+    return self._chunks(lambda b: self._audio(variables, b), self.audio_inputs(data), len(data))
+
+  def captions(self, variables, data: input_pipeline.SplitData, rows: np.ndarray, table=None):
+    del table  # MMT's captions are token ids
+    tokens = data.caption_ids[rows]
+    unique, first, inverse = np.unique(tokens, axis=0, return_index=True, return_inverse=True)
+    arrays = {'tokens': unique, 'token_mask': input_pipeline.token_mask(
+        data.caption_lengths[rows][first], tokens.shape[1])}
+    text, weights = self._chunks(lambda b: self._text(variables, b), arrays, len(unique))
+    return jax.tree.map(lambda x: x[inverse.reshape(-1)], (text, weights))
+
+
+def evaluate_mmt_split(embedder: MMTEmbedder, variables, data: input_pipeline.SplitData,
+                       num_captions: int, spec: mmt.MMTSpec) -> dict:
+  """t2a and a2t metrics of a split for MMT (as `evaluation.evaluate_split`), a missing expert
+  scored as `mmt.scored_availability` says."""
+  start = time.time()
+  audio = embedder.items(variables, data)
+  rows, masks = eval_queries(data, num_captions)
+  text, weights = embedder.captions(variables, data, rows)
+  availability = np.asarray(mmt.scored_availability(spec, data.availability))
+  metrics = split_metrics(text, weights, audio, availability, masks, spec.expert_names)
+  metrics.update(seconds=time.time() - start, num_items=len(data),
+                 distinct_queries=len(np.unique(data.caption_ids[rows], axis=0)))
+  return metrics
 
 
 def replicate(tree):
@@ -390,7 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state, meta = _initialise_from(run)
   else:
     meta = TrainMeta(base_lr=config.optimizer.learning_rate, optimizer=config.optimizer.name)
-    state = run.new_state(meta.base_lr)
+    state = run.new_state(meta.base_lr, run.initial_variables())
 
   primary = jax.process_index() == 0
   if primary:
@@ -435,8 +580,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     meta = dataclasses.replace(meta, epoch=epoch + 1, step=step,
                                learning_rate=float(schedule(step)), val=val,
                                train_seconds=meta.train_seconds + time.time() - started)
+    # 'last_epoch' selection saves no score: the newest checkpoint then ranks first.
+    keep_best = config.get('model_selection', 'best_val') == 'best_val'
     checkpointing.save(mngr, epoch + 1, host['model'], dataclasses.asdict(meta),
-                       host['optimizer'], score=score)
+                       host['optimizer'], score=score if keep_best else None)
   results = test_checkpoint(run, mngr, writer)
   results.update(epochs_trained=meta.epoch, train_seconds=meta.train_seconds)
   if primary:

@@ -104,6 +104,16 @@ class MMTSpec:
   def expert_names(self) -> tuple[str, ...]:
     return tuple(e.name for e in self.experts)
 
+  @property
+  def variant(self) -> str:
+    return 'mmt'
+
+
+def scored_availability(spec: MMTSpec, availability: Array) -> Array:
+  """The availability the similarity (and so the loss and the ranking) sees: all ones with
+  `keep_missing_modalities` (a missing expert counts at full text weight), else the items'."""
+  return jnp.ones_like(availability) if spec.keep_missing_modalities else availability
+
 
 def mmt_experts(dims: dict[str, int]) -> tuple[MMTExpert, ...]:
   """Experts sorted by name (the original's order); unknown names get the free token types."""
@@ -218,9 +228,8 @@ class MMT(nn.Module):
   def similarity(self, text: dict[str, Array], weights: Array, audio: dict[str, Array],
                  availability: Array) -> Array:
     """`[Q, N]` similarities (see the module docstring on missing experts)."""
-    if self.spec.keep_missing_modalities:
-      availability = jnp.ones_like(availability)
-    return mixture_similarity(text, weights, audio, availability, self.spec.expert_names)
+    return mixture_similarity(text, weights, audio, scored_availability(self.spec, availability),
+                              self.spec.expert_names)
 
   def __call__(self, batch: dict, train: bool) -> Array:
     """Similarity matrix `[Q, B]` between the batch's queries and items."""
@@ -281,8 +290,11 @@ def expert_tokens(frames: np.ndarray | None, max_tokens: int, rng: np.random.Ran
     raise ValueError(f'expert frames of shape {frames.shape}; expected [T, {dim}]')
   centres = (np.arange(len(frames)) + 0.5) * frame_width
   keep = min(len(frames), max_tokens)
-  pick = (rng or np.random.RandomState(0)).choice(len(frames), size=keep, replace=False)
-  pick = np.sort(pick)
+  if len(frames) > max_tokens:  # (a subset of every frame is all of them, in order)
+    pick = np.sort((rng or np.random.RandomState(0)).choice(len(frames), size=keep,
+                                                            replace=False))
+  else:
+    pick = np.arange(keep)
   out['frames'][:keep] = frames[pick]
   out['mask'][:keep] = 1
   out['positions'][:keep] = np.floor(centres[pick] + FIRST_FRAME_POSITION).astype(np.int32)
