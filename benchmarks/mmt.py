@@ -150,7 +150,7 @@ def timed_evaluation(run: train.Run, variables) -> dict:
   start = time.perf_counter()
   availability = (np.asarray(mmt.scored_availability(run.spec, data.availability))
                   if run.mmt else data.availability)
-  metrics = split_metrics(text, weights, audio, availability, masks)
+  metrics = split_metrics(text, weights, audio, availability, masks, run.spec.expert_names)
   parts['scoring_s'] = time.perf_counter() - start
   parts['total_s'] = parts['audio_s'] + parts['text_s'] + parts['scoring_s']
   parts['queries'] = metrics['t2a']['num_queries']
