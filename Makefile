@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# The runtime plus what only the tests use (torch, selenium, pytest).
+# The runtime plus what only the tests use (torch, selenium, pytest, ruff).
 $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
@@ -34,6 +34,7 @@ test-deps:
 	fi
 
 test: $(VENV)/.installed-test test-deps
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 demo: $(VENV)/.installed

@@ -58,7 +58,7 @@ def batches_and_step(dataset: str) -> list[dict]:
           **machine()}
 
   start = time.perf_counter()
-  host = [input_pipeline.shard(b, devices) for b in input_pipeline.train_batches(
+  [input_pipeline.shard(b, devices) for b in input_pipeline.train_batches(
       data.train, 0, config.seed, config.batch_size)]
   host_s = time.perf_counter() - start
 

@@ -13,7 +13,6 @@ parameters) in place of optax's updates and `apply_gradients`. With
 with TensorBoard's profile plugin or Perfetto) for a per-op breakdown.
 """
 
-import functools
 
 from absl import app
 from absl import flags

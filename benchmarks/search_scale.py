@@ -92,7 +92,7 @@ def main(argv):
                   peak_host_memory_gb=peak_host_memory_gb())
     emit(record)
     rows.append(record)
-    del engine
+    engine = None  # frees the index before the next size
   print(table(rows, ['items', 'build_s', 'embed_items_per_s', 'query_latency_ms',
                      'batch32_queries_per_s', 'peak_host_memory_gb']))
 

@@ -78,7 +78,7 @@ class SplitData:
 
 def tfds_builder(config):
   """The TFDS builder of `config.tfds_name`, built first when that needs no download."""
-  from jaxretrieval.data import tfds_builders  # pylint: disable=unused-import  (registers)
+  from jaxretrieval.data import tfds_builders  # noqa: F401  (importing registers the builders)
   builder = tfds.builder(config.tfds_name, data_dir=config.data_dir or None)
   if not builder.is_prepared():
     if config.tfds_name.startswith('synthcaps') or config.manual_dir:

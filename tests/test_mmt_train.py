@@ -35,7 +35,7 @@ TINY = {'tfds_name': 'synthcaps/tiny', 'batch_size': 16, 'num_epochs': 4,
 def vocab_dir(synthcaps_tiny, tmp_path_factory):
   """A BERT folder whose vocab.txt holds the [PAD]/[UNK]/[CLS]/[SEP] tokens and every
   lower-cased word and punctuation mark of synthcaps/tiny's captions."""
-  import data_builders  # pylint: disable=unused-import  (registers the builders)
+  from jaxretrieval.data import tfds_builders  # noqa: F401  (importing registers the builders)
   builder = tfds.builder('synthcaps/tiny', data_dir=str(synthcaps_tiny))
   split = pre_tokenizers.BertPreTokenizer().pre_tokenize_str
   words = set()

@@ -57,7 +57,7 @@ def _folder_examples(folder: pathlib.Path, split: str | None):
 
 
 def _tfds_builder(name: str, data_dir: str):
-  from jaxretrieval.data import tfds_builders  # pylint: disable=unused-import  (registers)
+  from jaxretrieval.data import tfds_builders  # noqa: F401  (importing registers the builders)
   builder = tfds.builder(name, data_dir=data_dir or None)
   if not builder.is_prepared():
     raise FileNotFoundError(f'TFDS dataset {name} is not built in {builder.data_dir}')

@@ -234,8 +234,8 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
   reloaded = tfds.builder_from_directory(str(tmp_path / 'tfds' / 'audiocaps' / '1.0.0'))
   assert reloaded.info.metadata['missing_entries'] == counts
   log = caplog.text
-  assert (f'audiocaps test: 1 of 4 item(s) have no vggsound entry in '
-          f'aggregated_vggsound/vggsound-raw.hickle (not flaky') in log and test_gap in log
+  assert ('audiocaps test: 1 of 4 item(s) have no vggsound entry in '
+          'aggregated_vggsound/vggsound-raw.hickle (not flaky') in log and test_gap in log
   assert 'audiocaps train: 1 of 4 item(s) have no pann entry' in log
 
   config = ce_audiocaps.get_config()
