@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/synthcaps_ce
-# Debian packages the tests use: Chromium and its driver (the search page's browser test).
-TEST_DEBS := chromium chromium-driver
+# Debian packages the tests use: Chromium and its driver (the search page's browser test),
+# espeak-ng (speech clips for the feature extractors' parity tests).
+TEST_DEBS := chromium chromium-driver espeak-ng
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo venv test-deps clean
