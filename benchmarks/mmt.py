@@ -23,7 +23,8 @@ from flax import jax_utils
 import jax
 import numpy as np
 
-from benchmarks.common import emit, machine, peak_host_memory_gb, synthetic_datasets
+from benchmarks.common import (alternate, emit, machine, peak_host_memory_gb,
+                               synthetic_datasets)
 from configs import common, mmt_clotho
 from jaxretrieval import input_pipeline, train
 from jaxretrieval.evaluation import split_metrics
@@ -84,18 +85,6 @@ def ce_run(batch: int, test_items: int) -> train.Run:
                                                     test=test_items))
 
 
-def alternate(contenders: dict, rounds: int) -> dict[str, float]:
-  """Median seconds of each blocking `contenders[name]()`, the contenders taking turns round
-  by round so that a noisy neighbour on a shared machine slows them alike."""
-  times = {name: [] for name in contenders}
-  for _ in range(rounds):
-    for name, fn in contenders.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
 def stepper(run: train.Run):
   """A blocking `steps` -> None closure over the run's compiled step, compiled first."""
   lr = run.config.optimizer.learning_rate
@@ -121,7 +110,7 @@ def measure_step(size: str, batch: int) -> dict:
   if _BASELINE.value:
     contenders['ce'] = stepper(ce_run(batch, 8))
   times = alternate(contenders, _ROUNDS.value)
-  step_s = {k: v / _STEPS.value for k, v in times.items()}
+  step_s = {k: v['median_s'] / _STEPS.value for k, v in times.items()}
   # Host time to build one MMT batch (tokens, frame subsets, pooling) on this host.
   start = time.perf_counter()
   list(itertools.islice(input_pipeline.mmt_batches(run.train, 1, 0, batch, run.spec, config), 4))
