@@ -14,7 +14,6 @@ timed once, after one untimed compile pass, with its audio tower, text tower and
 """
 
 import itertools
-import statistics
 import time
 
 from absl import app
