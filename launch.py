@@ -1,7 +1,7 @@
 """Entry point: `python launch.py --config configs/ce_clotho.py [--workdir DIR] [--mode eval]`.
 
 Any config field can be overridden, e.g. `--config.seed=1`. `--mode=eval` evaluates the
-best checkpoint of a workdir (trained, or written by jaxretrieval.import_torch), reading
+best checkpoint of a workdir (trained, or written by jaxretrieval.torch_import), reading
 `WORKDIR/config.json` when no --config is given. Multi-host: pass the coordinator flags.
 """
 
@@ -64,7 +64,7 @@ def main(argv):
       train.train_and_evaluate(config, workdir)
       name = 'results'
     else:
-      train.evaluate(config, workdir)
+      train.evaluate_workdir(config, workdir)
       name = 'eval_results'
   except (checkpointing.CheckpointError, FloatingPointError, FileNotFoundError) as e:
     sys.exit(f'launch.py: {e}')

@@ -70,15 +70,15 @@ def table(rows: list[dict], columns: list[str]) -> str:
 
 
 def synthetic_split(config, spec, n: int, rng, name: str = 'synthetic', captions: int = 1):
-  """A SplitData of `n` random items shaped by `config.max_tokens`, `captions` each."""
+  """A SplitArrays of `n` random items shaped by `config.max_tokens`, `captions` each."""
   import numpy as np
-  from jaxretrieval.input_pipeline import SplitData
+  from jaxretrieval.input_pipeline import SplitArrays
   t = config.max_tokens['text']
   experts = {e.name: rng.standard_normal((n, config.max_tokens[e.name], e.dim), np.float32)
              if e.temporal == 'vlad' else rng.standard_normal((n, e.dim), np.float32)
              for e in spec.experts}
   lengths = {e.name: np.full(n, config.max_tokens.get(e.name, 1), np.int32) for e in spec.experts}
-  return SplitData(
+  return SplitArrays(
       name, [f'{name}{i}' for i in range(n)], [''] * n, experts, lengths,
       np.ones((n, len(spec.experts)), np.float32),
       rng.integers(1, 1000, (n * captions, t)).astype(np.int32),
@@ -89,15 +89,15 @@ def synthetic_split(config, spec, n: int, rng, name: str = 'synthetic', captions
 def synthetic_datasets(config, train: int, val: int, test: int, test_captions: int = 5, seed=0):
   """train_and_evaluate's data: random splits and a 1,000-word table."""
   import numpy as np
-  from jaxretrieval.experts import model_spec
+  from jaxretrieval.models.spec import model_spec
   from jaxretrieval.data.registry import EXPERTS as KNOWN_EXPERTS
-  from jaxretrieval.train import Datasets
+  from jaxretrieval.train import ExperimentData
   rng = np.random.default_rng(seed)
   spec = model_spec(config)
   words = rng.standard_normal((1000, 300), np.float32)
   words[0] = 0.0
   dims = {e: (KNOWN_EXPERTS[e].dim, KNOWN_EXPERTS[e].temporal) for e in config.experts}
-  return Datasets(synthetic_split(config, spec, train, rng, 'train'),
+  return ExperimentData(synthetic_split(config, spec, train, rng, 'train'),
                   synthetic_split(config, spec, val, rng, 'val'),
                   synthetic_split(config, spec, test, rng, 'test', test_captions), words, dims)
 

@@ -26,7 +26,7 @@ from configs import common
 from configs import ce_synthcaps
 from jaxretrieval import input_pipeline
 from jaxretrieval import train
-from jaxretrieval.experts import model_spec
+from jaxretrieval.models.spec import model_spec
 
 _DATASETS = flags.DEFINE_list('datasets', ['audiocaps', 'clotho'], 'shapes of these datasets')
 _ITEMS = flags.DEFINE_integer('items', 4096, 'training items per synthetic split')
@@ -40,7 +40,7 @@ def tfds_read() -> dict:
   spec = model_spec(config, train.expert_dims(builder))
   start = time.perf_counter()
   data = input_pipeline.load_split(builder, config.train_split, config, spec,
-                                   input_pipeline.WordTable())
+                                   input_pipeline.CaptionVocab())
   seconds = time.perf_counter() - start
   megabytes = sum(v.nbytes for v in data.experts.values()) / 1e6
   return {'benchmark': 'input_pipeline', 'stage': 'tfds_to_host', 'dataset': config.tfds_name,
@@ -51,7 +51,7 @@ def tfds_read() -> dict:
 def batches_and_step(dataset: str) -> list[dict]:
   config = common.experiment(dataset, 'ce', ('vggish', 'vggsound'))
   data = synthetic_datasets(config, train=_ITEMS.value, val=8, test=8)
-  run = train.Run(config, None, data)
+  run = train.Experiment(config, None, data)
   devices = jax.local_device_count()
   steps = input_pipeline.steps_per_epoch(data.train, config.batch_size)
   base = {'benchmark': 'input_pipeline', 'dataset_shapes': dataset, 'batch': config.batch_size,

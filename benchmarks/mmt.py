@@ -4,7 +4,7 @@ r"""MMT: the pmapped train step and a CLOTHO-sized evaluation, with CE measured 
       [--eval_items=1045] [--eval_sizes=tiny,full] [--nobaseline]
 
 Random data at CLOTHO shapes (VGGish 31 and VGGSound 95 frames per item, queries of 21 BERT
-tokens, 5 captions per test item) through the real `train.Run`: its step (`mmt_batches`,
+tokens, 5 captions per test item) through the real `train.Experiment`: its step (`mmt_batches`,
 dropout, the global-batch max-margin loss, Adam) and its evaluation (`MMTEmbedder`: every item
 once, every distinct query once). `full` is the original architecture (BERT-base text tower,
 4-layer audio transformer: 127M parameters with these experts); `tiny` the test suite's
@@ -27,7 +27,7 @@ from benchmarks.common import (alternate, emit, machine, peak_host_memory_gb,
 from configs import common, mmt_clotho
 from jaxretrieval import input_pipeline, train
 from jaxretrieval.evaluation import split_metrics
-from jaxretrieval.input_pipeline import SplitData, eval_queries
+from jaxretrieval.input_pipeline import SplitArrays, eval_queries
 from jaxretrieval.models import mmt
 
 _SIZES = flags.DEFINE_list('sizes', ['tiny', 'full'], 'model sizes for the train step')
@@ -52,7 +52,7 @@ def mmt_config(size: str, batch: int):
   return c
 
 
-def mmt_split(config, name: str, n: int, captions: int, rng) -> SplitData:
+def mmt_split(config, name: str, n: int, captions: int, rng) -> SplitArrays:
   """A random split as `input_pipeline.load_split` makes it for MMT: every frame of every
   item, BERT token ids ([CLS] = 101, [SEP] = 102, 0-padded) of random lengths."""
   length = config.max_tokens.text
@@ -63,28 +63,28 @@ def mmt_split(config, name: str, n: int, captions: int, rng) -> SplitData:
   ids[:, 0] = 101
   ids[np.arange(len(ids)), lengths - 1] = 102
   ids[np.arange(length)[None] >= lengths[:, None]] = 0
-  return SplitData(name, [f'{name}{i}' for i in range(n)], [''] * n, experts,
+  return SplitArrays(name, [f'{name}{i}' for i in range(n)], [''] * n, experts,
                    {e: np.full(n, t, np.int32) for e, (t, _) in FRAMES.items()},
                    np.ones((n, len(FRAMES)), np.float32), ids.astype(np.int32),
                    lengths.astype(np.int32), np.arange(n) * captions, np.full(n, captions),
                    [''] * (n * captions))
 
 
-def mmt_data(config, train_items: int, test_items: int, seed: int = 0) -> train.Datasets:
+def mmt_data(config, train_items: int, test_items: int, seed: int = 0) -> train.ExperimentData:
   rng = np.random.default_rng(seed)
   test = mmt_split(config, 'test', test_items, 5, rng)
-  return train.Datasets(mmt_split(config, 'train', train_items, 1, rng), test, test, None,
+  return train.ExperimentData(mmt_split(config, 'train', train_items, 1, rng), test, test, None,
                         {e: (d, 'vlad') for e, (_, d) in FRAMES.items()})
 
 
-def ce_run(batch: int, test_items: int) -> train.Run:
+def ce_run(batch: int, test_items: int) -> train.Experiment:
   config = common.experiment('clotho', 'ce', ('vggish', 'vggsound'))
   config.batch_size = batch
-  return train.Run(config, None, synthetic_datasets(config, train=4 * batch, val=8,
+  return train.Experiment(config, None, synthetic_datasets(config, train=4 * batch, val=8,
                                                     test=test_items))
 
 
-def stepper(run: train.Run):
+def stepper(run: train.Experiment):
   """A blocking `steps` -> None closure over the run's compiled step, compiled first."""
   lr = run.config.optimizer.learning_rate
   box = {'state': train.replicate(run.new_state(lr, run.init_variables()))}
@@ -104,7 +104,7 @@ def stepper(run: train.Run):
 
 def measure_step(size: str, batch: int) -> dict:
   config = mmt_config(size, batch)
-  run = train.Run(config, None, mmt_data(config, 4 * batch, 8))
+  run = train.Experiment(config, None, mmt_data(config, 4 * batch, 8))
   contenders = {'mmt': stepper(run)}
   if _BASELINE.value:
     contenders['ce'] = stepper(ce_run(batch, 8))
@@ -123,7 +123,7 @@ def measure_step(size: str, batch: int) -> dict:
   return record
 
 
-def timed_evaluation(run: train.Run, variables) -> dict:
+def timed_evaluation(run: train.Experiment, variables) -> dict:
   """Seconds of the audio tower, the text tower and the scoring of the test split."""
   data, embedder = run.test, run.embedder
   rows, masks = eval_queries(data, run.config.num_test_captions)
@@ -148,7 +148,7 @@ def timed_evaluation(run: train.Run, variables) -> dict:
 def measure_eval(size: str) -> dict:
   n = _EVAL_ITEMS.value
   config = mmt_config(size, 32)
-  run = train.Run(config, None, mmt_data(config, 64, n))
+  run = train.Experiment(config, None, mmt_data(config, 64, n))
   variables = jax_utils.replicate(run.init_variables())
   timed_evaluation(run, variables)  # compiles
   ours = timed_evaluation(run, variables)

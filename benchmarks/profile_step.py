@@ -33,7 +33,7 @@ _PROFILE_DIR = flags.DEFINE_string('xla_profile_dir', None, 'write a jax.profile
 def main(argv):
   del argv
   config = common.experiment(_DATASET.value, _VARIANT.value, ('vggish', 'vggsound'))
-  run = train.Run(config, None, synthetic_datasets(config, train=256, val=8, test=8))
+  run = train.Experiment(config, None, synthetic_datasets(config, train=256, val=8, test=8))
   state = train.replicate(run.new_state(config.optimizer.learning_rate))
   batches = list(run.batches(0))
   step = run.compile_train_step(config.optimizer.learning_rate)

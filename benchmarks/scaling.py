@@ -43,7 +43,7 @@ def worker(out: pathlib.Path) -> None:
 
   config = common.experiment(_DATASET.value, _VARIANT.value, ('vggish', 'vggsound'))
   data = synthetic_datasets(config, train=config.batch_size * _STEPS.value, val=8, test=8)
-  run = train.Run(config, None, data)
+  run = train.Experiment(config, None, data)
   state = train.replicate(run.new_state(config.optimizer.learning_rate))
   step = run.compile_train_step(config.optimizer.learning_rate)
   batches = list(run.batches(0))

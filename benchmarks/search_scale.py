@@ -24,8 +24,8 @@ import numpy as np
 from benchmarks.common import emit, machine, peak_host_memory_gb, table, timed
 from configs import ce_synthcaps
 from jaxretrieval.evaluation import Embedder
-from jaxretrieval.experts import model_spec
-from jaxretrieval.input_pipeline import SplitData
+from jaxretrieval.models.spec import model_spec
+from jaxretrieval.input_pipeline import SplitArrays
 from jaxretrieval.models import RetrievalModel
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexStore
@@ -38,11 +38,11 @@ QUERIES = ['a loud beep followed by hissing', 'quiet footsteps', 'a bell rings w
            'rapid clicks then a low hum']
 
 
-def items(spec, config, n, rng) -> SplitData:
+def items(spec, config, n, rng) -> SplitArrays:
   experts = {e.name: rng.normal(size=(n, config.max_tokens[e.name], e.dim)).astype(np.float32)
              for e in spec.experts}
   empty = np.zeros(n, np.int64)
-  return SplitData('bench', [f'item{i}' for i in range(n)], [''] * n, experts,
+  return SplitArrays('bench', [f'item{i}' for i in range(n)], [''] * n, experts,
                    {e.name: np.full(n, config.max_tokens[e.name], np.int32) for e in spec.experts},
                    np.ones((n, len(spec.experts)), np.float32), np.zeros((0, 32), np.int32),
                    np.zeros(0, np.int32), empty, empty, [])

@@ -2,7 +2,7 @@
 
 Written from ../shared/REFERENCE.md (§2 model, §4 loss and Ranger, §5 metrics), not from
 the original code: `CENet` has the reference's modules, layer order and state_dict names
-(so a state_dict converts with `jaxretrieval.checkpoints.convert`), `max_margin_loss` the
+(so a state_dict converts with `jaxretrieval.torch_import.convert`), `max_margin_loss` the
 reference's 2n^2-term hinge loss, `Ranger` the reference's per-parameter RAdam + LookAhead
 loop, and `retrieval_ranks` the reference's sort-based tie-averaged ranks on the whole
 `[N * K, N]` matrix. Only what the paper's CE-pairwise and MoEE runs use is built: temporal

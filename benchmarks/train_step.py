@@ -43,7 +43,7 @@ def measure(dataset: str, variant: str, dtype: str) -> dict:
   config = common.experiment(dataset, variant, ('vggish', 'vggsound'))
   config.dtype, config.batch_size, config.data_on_device = dtype, _BATCH.value, _ON_DEVICE.value
   data = synthetic_datasets(config, train=4 * _BATCH.value, val=8, test=8)
-  run = train.Run(config, None, data)
+  run = train.Experiment(config, None, data)
   state = train.replicate(run.new_state(config.optimizer.learning_rate))
   step = run.compile_train_step(config.optimizer.learning_rate)
   batches = list(run.batches(0))

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.input_pipeline import SplitData, eval_queries
+from jaxretrieval.input_pipeline import SplitArrays, eval_queries
 from jaxretrieval.metrics import metrics_from_scores
 from jaxretrieval.models import RetrievalModel, mixture_similarity
 
@@ -58,12 +58,12 @@ class Embedder:
                                   fn(part)))
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outputs)
 
-  def items(self, variables, data: SplitData):
+  def items(self, variables, data: SplitArrays):
     arrays = {'experts': data.experts, 'availability': data.availability,
               'expert_lengths': data.lengths}
     return self._chunks(lambda b: self._audio(variables, b), arrays, len(data))
 
-  def captions(self, variables, data: SplitData, rows: np.ndarray, table):
+  def captions(self, variables, data: SplitArrays, rows: np.ndarray, table):
     """Text embeddings and mixture weights of the caption `rows`. Each distinct caption
     (token ids and length) goes through the text tower once: absent captions repeat their
     item's first caption, and the same sentence can describe several items."""
@@ -107,7 +107,7 @@ def split_metrics(text: dict, weights: np.ndarray, audio: dict, availability: np
       np.asarray(targets), len(availability), query_masks)
 
 
-def evaluate_split(embedder: Embedder, variables, data: SplitData, num_captions: int,
+def evaluate_split(embedder: Embedder, variables, data: SplitArrays, num_captions: int,
                    table) -> dict:
   """t2a and a2t metrics of a split with `num_captions` independent queries per item."""
   start = time.time()

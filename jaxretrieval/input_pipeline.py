@@ -29,7 +29,7 @@ from jaxretrieval.models import ModelSpec, check_availability
 from jaxretrieval.models import mmt
 
 
-class WordTable:
+class CaptionVocab:
   """Distinct word vectors seen in the captions; row 0 is the zero padding vector."""
 
   def __init__(self, dim: int = 300):
@@ -54,7 +54,7 @@ class WordTable:
 
 
 @dataclasses.dataclass
-class SplitData:
+class SplitArrays:
   """One split in host memory. Captions of item i are rows caption_start[i]:+caption_count[i].
 
   For MMT, `experts[e]` is an object array `[N]` of every frame of each item (`[T_i, D_e]`),
@@ -145,7 +145,7 @@ class _ItemArrays:
       self.lengths[e.name].append(n)
     self.avail.append([float(available[e]) for e in self.spec.expert_names])
 
-  def split_data(self, name: str, captions: dict | None = None) -> SplitData:
+  def split_data(self, name: str, captions: dict | None = None) -> SplitArrays:
     if not self.ids:
       raise ValueError(f'split {name!r} is empty')
     availability = np.asarray(self.avail, np.float32)
@@ -153,7 +153,7 @@ class _ItemArrays:
     captions = captions or {'cap_ids': np.zeros((0, self.max_tokens['text']), np.int32),
                             'cap_len': [], 'start': np.zeros(len(self.ids)),
                             'count': np.zeros(len(self.ids)), 'captions': []}
-    return SplitData(
+    return SplitArrays(
         name=name, ids=self.ids, audio_paths=self.paths,
         experts={e: object_array(v) if self.all_frames else np.stack(v)
                  for e, v in self.feats.items()},
@@ -174,8 +174,8 @@ def check_experts(available: list[str], experts: tuple[str, ...], source: str) -
 
 
 def load_split(builder, split: str, config, spec: ModelSpec | mmt.MMTSpec,
-               text: WordTable | BertTokens) -> SplitData:
-  """Reads a TFDS split into a SplitData for the model's experts; captions become rows of
+               text: CaptionVocab | BertTokens) -> SplitArrays:
+  """Reads a TFDS split into a SplitArrays for the model's experts; captions become rows of
   the word table `text` (CE, MoEE) or BERT tokens (`text` a BertTokens, MMT)."""
   check_experts(list(builder.info.features['experts'].keys()), spec.expert_names, builder.name)
   items = _ItemArrays(config, spec)
@@ -202,7 +202,7 @@ def load_split(builder, split: str, config, spec: ModelSpec | mmt.MMTSpec,
 
 
 def _load_bert_captions(examples, items: _ItemArrays, split: str, tokens: BertTokens,
-                        fuse: bool) -> SplitData:
+                        fuse: bool) -> SplitArrays:
   """The split with its captions as BERT tokens, the whole split encoded in one call."""
   queries, captions = [], {'start': [], 'count': [], 'captions': []}
   for example in examples:
@@ -218,8 +218,8 @@ def _load_bert_captions(examples, items: _ItemArrays, split: str, tokens: BertTo
   return items.split_data(split, {**captions, 'cap_ids': ids, 'cap_len': mask.sum(1)})
 
 
-def load_items(examples, config, spec: ModelSpec, name: str) -> SplitData:
-  """A SplitData without captions from (id, example) pairs of ReleaseReader.audio_examples
+def load_items(examples, config, spec: ModelSpec, name: str) -> SplitArrays:
+  """A SplitArrays without captions from (id, example) pairs of ReleaseReader.audio_examples
   or TFDS examples (what an audio index needs)."""
   items = _ItemArrays(config, spec)
   for _, example in examples:
@@ -229,7 +229,7 @@ def load_items(examples, config, spec: ModelSpec, name: str) -> SplitData:
   return items.split_data(name)
 
 
-def check_required_experts(data: SplitData, experts: tuple[str, ...], flaky) -> None:
+def check_required_experts(data: SplitArrays, experts: tuple[str, ...], flaky) -> None:
   """Training items must have every non-flaky expert (REFERENCE §1.6)."""
   for i, e in enumerate(experts):
     if e in flaky:
@@ -242,7 +242,7 @@ def check_required_experts(data: SplitData, experts: tuple[str, ...], flaky) -> 
                        'or remove these items.')
 
 
-def subset(data: SplitData, fraction: float, seed: int) -> SplitData:
+def subset(data: SplitArrays, fraction: float, seed: int) -> SplitArrays:
   """A seeded subset of a split's items (the training-fraction study, Fig. 1c)."""
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f'config.train_fraction={fraction}: expected 0 < fraction <= 1')
@@ -250,7 +250,7 @@ def subset(data: SplitData, fraction: float, seed: int) -> SplitData:
     return data
   n = max(1, int(round(fraction * len(data))))
   keep = np.sort(np.random.default_rng([seed, 1_000_003]).permutation(len(data))[:n])
-  return SplitData(
+  return SplitArrays(
       name=f'{data.name}[{fraction:g}]', ids=[data.ids[i] for i in keep],
       audio_paths=[data.audio_paths[i] for i in keep],
       experts={e: v[keep] for e, v in data.experts.items()},
@@ -260,7 +260,7 @@ def subset(data: SplitData, fraction: float, seed: int) -> SplitData:
       caption_count=data.caption_count[keep], captions=data.captions)
 
 
-def steps_per_epoch(data: SplitData, batch_size: int, max_samples: int = 0) -> int:
+def steps_per_epoch(data: SplitArrays, batch_size: int, max_samples: int = 0) -> int:
   """Batches per epoch. A last batch of a single item is left out (its BatchNorm variance
   would divide by zero; the reference crashes there), and `train_batches` logs it. With
   `max_samples` (the original MMT's `max_samples_per_epoch`): max_samples // batch_size full
@@ -271,7 +271,7 @@ def steps_per_epoch(data: SplitData, batch_size: int, max_samples: int = 0) -> i
   return steps - 1 if len(data) % batch_size == 1 and len(data) > 1 else steps
 
 
-def arrays(data: SplitData) -> dict:
+def arrays(data: SplitArrays) -> dict:
   """The arrays a training batch is gathered from (kept on the device with data_on_device)."""
   return {'experts': data.experts, 'expert_lengths': data.lengths,
           'availability': data.availability, 'caption_ids': data.caption_ids,
@@ -292,7 +292,7 @@ def gather(source: dict, index: dict, xp=np) -> dict:
   }
 
 
-def index_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
+def index_batches(data: SplitArrays, epoch: int, seed: int, batch_size: int,
                   num_hosts: int = 1, host: int = 0, max_samples: int = 0) -> Iterator[dict]:
   """This host's slice of every global batch of an epoch: item and caption rows, mask.
 
@@ -321,7 +321,7 @@ def index_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
            'row_mask': valid[host * per_host:(host + 1) * per_host]}
 
 
-def _sampled_batches(data: SplitData, epoch: int, seed: int, batch_size: int, num_hosts: int,
+def _sampled_batches(data: SplitArrays, epoch: int, seed: int, batch_size: int, num_hosts: int,
                      host: int, max_samples: int) -> Iterator[dict]:
   """`index_batches` with `max_samples`: items drawn with replacement, every batch full."""
   rng = np.random.default_rng([seed, epoch])
@@ -340,7 +340,7 @@ def token_mask(lengths: np.ndarray, length: int) -> np.ndarray:
   return (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
 
 
-def mmt_audio(data: SplitData, items: np.ndarray, spec: mmt.MMTSpec, max_tokens,
+def mmt_audio(data: SplitArrays, items: np.ndarray, spec: mmt.MMTSpec, max_tokens,
               rng: np.random.RandomState | None, frame_width: float) -> dict:
   """MMT's audio inputs for the `items` rows of a split (`mmt.audio_batch`): a random subset
   of frames beyond `max_tokens` drawn with `rng`, the original's fixed one when None."""
@@ -349,7 +349,7 @@ def mmt_audio(data: SplitData, items: np.ndarray, spec: mmt.MMTSpec, max_tokens,
   return mmt.audio_batch(frames, spec, max_tokens, rng, frame_width)
 
 
-def mmt_batches(data: SplitData, epoch: int, seed: int, batch_size: int, spec: mmt.MMTSpec,
+def mmt_batches(data: SplitArrays, epoch: int, seed: int, batch_size: int, spec: mmt.MMTSpec,
                 config, num_hosts: int = 1, host: int = 0) -> Iterator[dict]:
   """This host's slice of every MMT training batch of an epoch (items drawn as in
   `index_batches`): tokens and token_mask `[b, L]`, the audio inputs of `mmt.audio_batch`
@@ -367,7 +367,7 @@ def mmt_batches(data: SplitData, epoch: int, seed: int, batch_size: int, spec: m
            'row_mask': index['row_mask'], 'text_row_mask': index['row_mask']}
 
 
-def train_batches(data: SplitData, epoch: int, seed: int, batch_size: int,
+def train_batches(data: SplitArrays, epoch: int, seed: int, batch_size: int,
                   num_hosts: int = 1, host: int = 0, max_samples: int = 0) -> Iterator[dict]:
   """This host's slice of every global batch of an epoch, gathered on the host."""
   source = arrays(data)
@@ -380,7 +380,7 @@ def shard(batch: dict, devices: int) -> dict:
   return jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
 
 
-def eval_queries(data: SplitData, num_captions: int) -> tuple[np.ndarray, np.ndarray]:
+def eval_queries(data: SplitArrays, num_captions: int) -> tuple[np.ndarray, np.ndarray]:
   """Caption rows of the first `num_captions` captions of every item (item-major), and the
   query masks `[N, K]`; absent captions reuse the item's first caption, masked out."""
   k = np.arange(num_captions)[None, :]

@@ -38,9 +38,9 @@ from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
 from jaxretrieval import losses
 from jaxretrieval.bert_tokens import BertTokens
-from jaxretrieval.checkpoints import mmt_convert
+from jaxretrieval.torch_import import mmt_convert
 from jaxretrieval.evaluation import Embedder, evaluate_split, split_metrics, write_results
-from jaxretrieval.experts import model_spec
+from jaxretrieval.models.spec import model_spec
 from jaxretrieval.input_pipeline import eval_queries
 from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
 from jaxretrieval.models import mmt
@@ -209,41 +209,41 @@ class TrainMeta:
 
 
 @dataclasses.dataclass
-class Datasets:
+class ExperimentData:
   """The splits of a run in host memory, their word table and expert widths."""
-  train: input_pipeline.SplitData
-  val: input_pipeline.SplitData
-  test: input_pipeline.SplitData
+  train: input_pipeline.SplitArrays
+  val: input_pipeline.SplitArrays
+  test: input_pipeline.SplitArrays
   words: np.ndarray | None  # [V, 300], row 0 the padding vector; None for MMT (BERT tokens)
   dims: dict[str, tuple[int, str]]
 
 
-def load_datasets(config, test_only: bool = False) -> Datasets:
+def load_datasets(config, test_only: bool = False) -> ExperimentData:
   """The run's splits from TFDS; with `test_only` the test split stands for all three."""
   builder = input_pipeline.tfds_builder(config)
   dims = expert_dims(builder)
   spec = run_spec(config, dims)
-  text = bert_tokens(config) if is_mmt(config) else input_pipeline.WordTable()
+  text = bert_tokens(config) if is_mmt(config) else input_pipeline.CaptionVocab()
   words = lambda: None if is_mmt(config) else text.matrix
   load = lambda split: input_pipeline.load_split(builder, split, config, spec, text)
   start = time.time()
   test = load(config.test_split)
   if test_only:
-    return Datasets(test, test, test, words(), dims)
+    return ExperimentData(test, test, test, words(), dims)
   train = input_pipeline.subset(load(config.train_split), config.train_fraction, config.seed)
   val = test if config.test_split == config.val_split else load(config.val_split)
   logging.info('Loaded %s: %d train, %d val, %d test items, %s in %.1f s', config.tfds_name,
                len(train), len(val), len(test),
                'BERT tokens' if is_mmt(config) else f'{len(text.matrix)} distinct words',
                time.time() - start)
-  return Datasets(train, val, test, words(), dims)
+  return ExperimentData(train, val, test, words(), dims)
 
 
-class Run:
+class Experiment:
   """Data, model and compiled functions of one experiment."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path,
-               data: Datasets | None = None):
+               data: ExperimentData | None = None):
     self.config, self.workdir = config, workdir
     data = data or load_datasets(config)
     self.spec = run_spec(config, data.dims)
@@ -357,17 +357,17 @@ class MMTEmbedder(Embedder):
                           axis_name='batch')
     self._audio_inputs = {}  # split name -> its items' audio inputs (fixed at evaluation)
 
-  def audio_inputs(self, data: input_pipeline.SplitData) -> dict:
+  def audio_inputs(self, data: input_pipeline.SplitArrays) -> dict:
     if data.name not in self._audio_inputs:
       c = self.config
       self._audio_inputs[data.name] = input_pipeline.mmt_audio(
           data, np.arange(len(data)), self.spec, c.max_tokens, None, c.model.frame_width)
     return self._audio_inputs[data.name]
 
-  def items(self, variables, data: input_pipeline.SplitData):
+  def items(self, variables, data: input_pipeline.SplitArrays):
     return self._chunks(lambda b: self._audio(variables, b), self.audio_inputs(data), len(data))
 
-  def captions(self, variables, data: input_pipeline.SplitData, rows: np.ndarray, table=None):
+  def captions(self, variables, data: input_pipeline.SplitArrays, rows: np.ndarray, table=None):
     del table  # MMT's captions are token ids
     tokens = data.caption_ids[rows]
     unique, first, inverse = np.unique(tokens, axis=0, return_index=True, return_inverse=True)
@@ -377,7 +377,7 @@ class MMTEmbedder(Embedder):
     return jax.tree.map(lambda x: x[inverse.reshape(-1)], (text, weights))
 
 
-def evaluate_mmt_split(embedder: MMTEmbedder, variables, data: input_pipeline.SplitData,
+def evaluate_mmt_split(embedder: MMTEmbedder, variables, data: input_pipeline.SplitArrays,
                        num_captions: int, spec: mmt.MMTSpec) -> dict:
   """t2a and a2t metrics of a split for MMT (as `evaluation.evaluate_split`), a missing expert
   scored as `mmt.scored_availability` says."""
@@ -435,7 +435,7 @@ def _config_differences(workdir: pathlib.Path, config) -> list[str]:
   saved, now = _flatten(json.loads(path.read_text())), _flatten(config.to_dict())
   return [f'{k} ({saved.get(k)!r} -> {now.get(k)!r})' for k in sorted(saved.keys() | now.keys())
           if str(saved.get(k)) != str(now.get(k))]
-def _resume(run: Run, mngr) -> tuple[TrainState, TrainMeta] | None:
+def _resume(run: Experiment, mngr) -> tuple[TrainState, TrainMeta] | None:
   """The state of the newest readable checkpoint of the workdir, None when there is none."""
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
@@ -463,7 +463,7 @@ def _resume(run: Run, mngr) -> tuple[TrainState, TrainMeta] | None:
   return state, meta
 
 
-def _initialise_from(run: Run) -> tuple[TrainState, TrainMeta]:
+def _initialise_from(run: Experiment) -> tuple[TrainState, TrainMeta]:
   """Fine-tuning (REFERENCE §4.3, §7.18): the best weights of config.init_from and, with
   config.init_optimizer, the optimizer state and learning rate of its newest checkpoint (the
   reference's `trained_model.pth` likewise pairs the best epoch's weights with the last
@@ -518,14 +518,14 @@ def _initialise_from(run: Run) -> tuple[TrainState, TrainMeta]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       data: Datasets | None = None) -> dict:
+                       data: ExperimentData | None = None) -> dict:
   """Trains (or resumes), selects the best epoch on validation, evaluates it on test.
 
   `data` replaces the TFDS splits of `config` (benchmarks train on synthetic data).
   """
   workdir = pathlib.Path(workdir)
   _check_config(config)
-  run = Run(config, workdir, data)
+  run = Experiment(config, workdir, data)
   input_pipeline.check_required_experts(run.train, run.spec.expert_names, config.flaky)
   mngr = checkpointing.manager(workdir)
   resumed = _resume(run, mngr)
@@ -596,7 +596,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return results
 
 
-def test_checkpoint(run: Run, mngr, writer) -> dict:
+def test_checkpoint(run: Experiment, mngr, writer) -> dict:
   """Test metrics of the workdir's best checkpoint (falling back, with a warning, to the
   next best readable one), also written to TensorBoard as `test/...` at its step."""
   config = run.config
@@ -656,7 +656,7 @@ def _flatten(d: dict, prefix: str = '') -> dict:
   return out
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Test metrics of a workdir's best checkpoint (a trained run or an imported one), written
   to `eval_results.{json,md}` and TensorBoard; the training record stays as it is."""
   workdir = pathlib.Path(workdir)
@@ -665,7 +665,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if mngr is None or checkpointing.best_step(mngr) is None:
     raise FileNotFoundError(f'{workdir} has no checkpoint ({checkpointing.checkpoint_dir(workdir)}'
                             ' is empty or missing): train it first, or import one')
-  run = Run(config, workdir, load_datasets(config, test_only=True))
+  run = Experiment(config, workdir, load_datasets(config, test_only=True))
   writer = metric_writers.create_default_writer(str(workdir),
                                                 just_logging=jax.process_index() != 0)
   results = test_checkpoint(run, mngr, writer)

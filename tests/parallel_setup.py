@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxretrieval.experts import model_experts
+from jaxretrieval.models.spec import model_experts
 from jaxretrieval.models import ModelSpec, RetrievalModel
 
 GLOBAL_BATCH = 8

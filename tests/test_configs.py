@@ -12,7 +12,7 @@ import pytest
 from configs import common
 from jaxretrieval import train
 from jaxretrieval.data import registry
-from jaxretrieval.experts import model_spec
+from jaxretrieval.models.spec import model_spec
 from jaxretrieval.models import RetrievalModel
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval.evaluation import Embedder, split_metrics
-from jaxretrieval.experts import model_experts
-from jaxretrieval.input_pipeline import SplitData, eval_queries
+from jaxretrieval.models.spec import model_experts
+from jaxretrieval.input_pipeline import SplitArrays, eval_queries
 from jaxretrieval.metrics import retrieval_metrics
 from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
 
@@ -18,7 +18,7 @@ def _split(n=6, captions=3, tokens=4, seed=0):
   ids[4] = ids[10]  # the same sentence for two items
   count = np.full(n, captions)
   count[1] = 1  # an item with one caption: its absent ones repeat it, masked
-  return SplitData('test', [f'i{i}' for i in range(n)], [''] * n,
+  return SplitArrays('test', [f'i{i}' for i in range(n)], [''] * n,
                    {'vggish': rng.normal(size=(n, 5, 128)).astype(np.float32)},
                    {'vggish': np.full(n, 5, np.int32)}, np.ones((n, 1), np.float32), ids,
                    np.full(n * captions, tokens, np.int32), np.arange(n) * captions, count,

@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from jaxretrieval import input_pipeline
-from jaxretrieval.experts import model_spec
+from jaxretrieval.models.spec import model_spec
 from tests.conftest import tiny_config
 
 
@@ -15,7 +15,7 @@ def loaded(synthcaps_tiny):
   config.max_tokens.logmel = 2  # shorter than most clips: truncation
   builder = input_pipeline.tfds_builder(config)
   spec = model_spec(config)
-  table = input_pipeline.WordTable()
+  table = input_pipeline.CaptionVocab()
   data = input_pipeline.load_split(builder, 'train', config, spec, table)
   raw = {e['id'].decode(): e for e in tfds.as_numpy(builder.as_dataset(split='train'))}
   return config, data, table, raw
@@ -100,7 +100,7 @@ def test_fused_captions_make_one_query(synthcaps_tiny):
   config.max_tokens.text = 200
   builder = input_pipeline.tfds_builder(config)
   data = input_pipeline.load_split(builder, 'val', config, model_spec(config),
-                                   input_pipeline.WordTable())
+                                   input_pipeline.CaptionVocab())
   assert (data.caption_count == 1).all()
   raw = next(iter(tfds.as_numpy(builder.as_dataset(split='val').take(1))))
   assert data.caption_lengths[data.ids.index(raw['id'].decode())] == len(raw['caption_vectors'])
@@ -113,4 +113,4 @@ def test_unbuilt_dataset_and_bad_config_are_explained(synthcaps_tiny, tmp_path):
   config = tiny_config(synthcaps_tiny, experts=('logmel', 'vggish'))
   with pytest.raises(ValueError, match="names 'vggish'.*logmel"):
     input_pipeline.load_split(input_pipeline.tfds_builder(config), 'val', config,
-                              model_spec(config), input_pipeline.WordTable())
+                              model_spec(config), input_pipeline.CaptionVocab())

@@ -107,7 +107,7 @@ def test_launch_trains_a_tiny_mmt_well_above_chance(launched):
 
 def test_eval_mode_reproduces_the_test_metrics(launched):
   workdir, config, _ = launched
-  evaluated = train.evaluate(config, str(workdir))
+  evaluated = train.evaluate_workdir(config, str(workdir))
   trained = json.loads((workdir / 'results.json').read_text())
   for d in ('t2a', 'a2t'):
     for k in ('R1', 'R5', 'R10', 'MeanR'):
@@ -117,7 +117,7 @@ def test_eval_mode_reproduces_the_test_metrics(launched):
 @pytest.fixture(scope='module')
 def tiny_run(synthcaps_tiny, vocab_dir, tmp_path_factory):
   """A Run (data, model, compiled functions) of the tiny MMT, nothing trained."""
-  return train.Run(tiny_mmt_config(synthcaps_tiny, vocab_dir), tmp_path_factory.mktemp('r'))
+  return train.Experiment(tiny_mmt_config(synthcaps_tiny, vocab_dir), tmp_path_factory.mktemp('r'))
 
 
 def test_captions_become_bert_tokens_of_the_whole_split(tiny_run, vocab_dir):
@@ -135,7 +135,7 @@ def test_captions_become_bert_tokens_of_the_whole_split(tiny_run, vocab_dir):
 def test_original_protocol_evaluates_one_fused_query_per_item(synthcaps_tiny, vocab_dir,
                                                              tmp_path):
   config = tiny_mmt_config(synthcaps_tiny, vocab_dir, 'protocol=original')
-  run = train.Run(config, tmp_path, train.load_datasets(config, test_only=True))
+  run = train.Experiment(config, tmp_path, train.load_datasets(config, test_only=True))
   data = run.test
   assert data.caption_count.tolist() == [1] * 16 and config.num_test_captions == 1
   tokens = BertTokens(vocab_dir / 'vocab.txt', config.max_tokens.text)
@@ -219,7 +219,7 @@ def test_a_new_run_starts_from_the_pretrained_text_bert(synthcaps_tiny, vocab_di
   import torch
   from safetensors import numpy as safetensors_numpy
   from tests.models import mmt_torch_reference as ref
-  from jaxretrieval.checkpoints import bert_convert
+  from jaxretrieval.torch_import import bert_convert
   size = len((vocab_dir / 'vocab.txt').read_text().split())
   torch.manual_seed(0)
   bert = ref.Bert(ref.tiny_bert_config(size, type_vocab_size=2), 'LayerNorm')
@@ -232,7 +232,7 @@ def test_a_new_run_starts_from_the_pretrained_text_bert(synthcaps_tiny, vocab_di
       'model.pretrained_text': True, 'model.text_bert.hidden_size': 64,
       'model.text_bert.num_layers': 2, 'model.text_bert.num_heads': 4,
       'model.text_bert.intermediate_size': 96})
-  run = train.Run(config, tmp_path / 'w', train.load_datasets(config, test_only=True))
+  run = train.Experiment(config, tmp_path / 'w', train.load_datasets(config, test_only=True))
   fresh, started = run.init_variables(), run.initial_variables()
   want = bert_convert.load_pretrained(folder / 'model.safetensors', run.spec.text_bert)
   jax.tree.map(np.testing.assert_array_equal, started['params']['txt_bert'], want)

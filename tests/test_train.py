@@ -131,7 +131,7 @@ def test_unreadable_best_checkpoint_is_tested_with_the_next_best(synthcaps_tiny,
   best = checkpointing.best_step(mngr)
   other = ({1, 2} - {best}).pop()
   _truncate(checkpointing.checkpoint_dir(tmp_path) / str(best))
-  results = train.evaluate(tiny_config(synthcaps_tiny), str(tmp_path))
+  results = train.evaluate_workdir(tiny_config(synthcaps_tiny), str(tmp_path))
   assert f'/{best} is unreadable' in caplog.text
   assert results['checkpoint'].endswith(f'/{other}')
 
@@ -258,7 +258,7 @@ def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
   # batch 8: 6 steps, so the LookAhead synchronisation at step 6 happens.
   config = tiny_config(synthcaps_tiny, init_from=str(source), init_optimizer=False,
                        num_epochs=1, batch_size=8, seed=3)
-  run = train.Run(config, tmp_path / 'direct')
+  run = train.Experiment(config, tmp_path / 'direct')
   state, _ = train._initialise_from(run)
   src = checkpointing.manager(source)
   restored = checkpointing.restore(src, checkpointing.best_step(src))['model']
@@ -270,7 +270,7 @@ def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
   assert int(state.opt_state.count) == 0 and int(state.step) == 0
 
   tuned = train.train_and_evaluate(config, str(tmp_path / 'tuned'))
-  monkeypatch.setattr(train.Run, 'init_variables', lambda self: restored)
+  monkeypatch.setattr(train.Experiment, 'init_variables', lambda self: restored)
   plain = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1, batch_size=8,
                                                seed=3), str(tmp_path / 'plain'))
   a = checkpointing.restore(checkpointing.manager(tmp_path / 'tuned'), 1)['model']

@@ -32,14 +32,14 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jaxretrieval.features import experts as own_experts
+from jaxretrieval.features import handcrafted
 from jaxretrieval.features import pretrained
 from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
 from jaxretrieval.features.release_writer import (Item, item_id, replace_folder, write_items,
                                                   write_tables)
 from jaxretrieval.text import WordVectors
 
-ALL_EXPERTS = {**own_experts.DIMS, **pretrained.PRETRAINED}
+ALL_EXPERTS = {**handcrafted.DIMS, **pretrained.PRETRAINED}
 
 _AUDIO_DIR = flags.DEFINE_string('audio_dir', None, 'folder of wav/flac/ogg files', required=True)
 _OUT = flags.DEFINE_string('out', None, 'output folder (release layout)', required=True)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.features import experts as own_experts
+from jaxretrieval.features import handcrafted
 from jaxretrieval.features import vggish, vggsound
 from jaxretrieval.features.audio_io import AudioReadError, read_audio
 
@@ -47,10 +47,10 @@ def prepare_file(path, experts, options: Options):
   file, or (None, reason). Runs in a worker process."""
   try:
     out = {}
-    own = [e for e in experts if e in own_experts.DIMS]
+    own = [e for e in experts if e in handcrafted.DIMS]
     if own:
       wave = read_audio(path)
-      out.update({e: own_experts.EXTRACTORS[e](wave) for e in own})
+      out.update({e: handcrafted.EXTRACTORS[e](wave) for e in own})
     if any(e in PRETRAINED for e in experts):
       out.update(frontends(read_audio(path, resampler='kaiser_best'), experts, options))
     return out, None
@@ -65,7 +65,7 @@ def features(prepared: list[dict[str, np.ndarray]], runners: dict) -> list[dict[
   computed = {e: run([p[e] for p in prepared]) for e, run in runners.items()}
   out = []
   for j, p in enumerate(prepared):
-    clip = {e: v for e, v in p.items() if e in own_experts.DIMS}
+    clip = {e: v for e, v in p.items() if e in handcrafted.DIMS}
     clip.update({e: computed[e][j] for e in runners if computed[e][j] is not None})
     out.append(clip)
   return out

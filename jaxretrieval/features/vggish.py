@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.checkpoints.torch_pickle import load_pth
+from jaxretrieval.torch_import.torch_pickle import load_pth
 
 SAMPLE_RATE = 16000
 WINDOW, HOP, FFT = 400, 160, 512  # 25 ms, 10 ms, next power of two

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.signal
 
-from jaxretrieval.checkpoints.torch_pickle import load_pth
+from jaxretrieval.torch_import.torch_pickle import load_pth
 
 SAMPLE_RATE = 16000
 NPERSEG, NOVERLAP = 512, 353

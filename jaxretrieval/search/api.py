@@ -49,7 +49,7 @@ class Searcher:
 
   @classmethod
   def load(cls, index: str | pathlib.Path, chunk: int = 65536) -> 'Searcher':
-    """The searcher of an index directory (`python -m jaxretrieval.index`); items are
+    """The searcher of an index directory (`python -m jaxretrieval.search.index`); items are
     scored on the device `chunk` at a time."""
     return cls(SearchEngine(IndexStore.load(index), chunk))
 

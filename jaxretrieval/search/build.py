@@ -18,8 +18,8 @@ import tensorflow_datasets as tfds
 from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
 from jaxretrieval.evaluation import Embedder
-from jaxretrieval.experts import model_spec
-from jaxretrieval.features.experts import DIMS
+from jaxretrieval.models.spec import model_spec
+from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.models import RetrievalModel
 from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix

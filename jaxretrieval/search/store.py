@@ -39,7 +39,7 @@ import numpy as np
 from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
 from jaxretrieval.text import WordVectors
 
-REBUILD = 'rebuild the index with `python -m jaxretrieval.index`'
+REBUILD = 'rebuild the index with `python -m jaxretrieval.search.index`'
 SHARD_FILES = ('embeddings.npy', 'availability.npy', 'items.json')
 
 
@@ -183,7 +183,7 @@ class IndexStore:
                if not (directory / f).is_file()]
     if missing:
       raise FileNotFoundError(f'{directory} is not a search index (missing {missing}); build '
-                              'one with `python -m jaxretrieval.index`')
+                              'one with `python -m jaxretrieval.search.index`')
     meta_file = directory / 'meta.json'
     meta = _read(meta_file, lambda p: json.loads(p.read_text()))
     spec, text_tokens, shards = _check_meta(meta_file, meta)
@@ -238,7 +238,7 @@ def changing(directory: pathlib.Path):
   take turns (each would otherwise drop the other's shard)."""
   if not (directory / 'meta.json').is_file():
     raise FileNotFoundError(f'{directory} is not a search index (no meta.json); build one with '
-                            '`python -m jaxretrieval.index`')
+                            '`python -m jaxretrieval.search.index`')
   with open(directory / '.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:

@@ -12,8 +12,8 @@ from benchmarks import torch_baseline
 from configs import common
 from jaxretrieval import optim
 from jaxretrieval import train
-from jaxretrieval.checkpoints import convert
-from jaxretrieval.experts import model_experts
+from jaxretrieval.torch_import import convert
+from jaxretrieval.models.spec import model_experts
 from jaxretrieval.models import ModelSpec, RetrievalModel
 
 TOKENS = {'text': 7, 'audio': 5, 'vggsound': 6}

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from jaxretrieval.data import registry
 from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.data.tfds_builders import BUILDERS
-from jaxretrieval.experts import model_experts
+from jaxretrieval.models.spec import model_experts
 from tests.release_miniature import LAYOUTS, make_contents, write_release
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -214,7 +214,7 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
   refuses them only for an expert its config uses (REFERENCE §1.6)."""
   from configs import ce_audiocaps
   from jaxretrieval import input_pipeline
-  from jaxretrieval.experts import model_spec
+  from jaxretrieval.models.spec import model_spec
   contents = make_contents('audiocaps')
   ids, features = contents['ids'], contents['features']
   unused_gap, train_gap, test_gap = ids['train'][0], ids['train'][2], ids['test'][1]
@@ -240,7 +240,7 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
 
   config = ce_audiocaps.get_config()
   config.data_dir = str(tmp_path / 'tfds')
-  spec, table = model_spec(config), input_pipeline.WordTable()
+  spec, table = model_spec(config), input_pipeline.CaptionVocab()
   data = input_pipeline.tfds_builder(config)
   train = input_pipeline.load_split(data, 'train', config, spec, table)
   with pytest.raises(ValueError, match=f'lack the expert vggsound.*: {train_gap}\\. ') as error:

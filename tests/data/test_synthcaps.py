@@ -37,7 +37,7 @@ def test_builds_without_manual_dir_with_playable_audio(built):
     wave, rate = soundfile.read(example['audio_path'].decode())
     assert rate == 16000 and 0.5 < len(wave) / rate < 8.0
     # The stored features are those of the stored audio (16-bit rounding aside).
-    from jaxretrieval.features.experts import extract
+    from jaxretrieval.features.handcrafted import extract
     np.testing.assert_allclose(extract(wave.astype(np.float32))['logmel'],
                                example['experts']['logmel'], atol=0.05)
 

@@ -89,9 +89,9 @@ def recipe(published, tmp_path_factory) -> Recipe:
   }
   commands = [[stand_ins.get(a, a) for a in c] for c in readme_recipe()]
   assert [c[:3] for c in commands] == [['python', '-m', f'jaxretrieval.{m}'] for m in (
-      'features', 'import_torch', 'index', 'search', 'serve')], commands
+      'features', 'torch_import', 'search.index', 'search.query', 'search.serve')], commands
   extra = {'jaxretrieval.features': ['--workers=1', '--chunk=3'],  # batches of three files
-           'jaxretrieval.search': ['--json', '-k', '5']}
+           'jaxretrieval.search.query': ['--json', '-k', '5']}
   stdout = [run_module(c[2:] + extra.get(c[2], [])).stdout
             for c in commands[:-1]]  # serve runs until stopped
   return Recipe(commands, stdout, state_dict, vectors, folder / 'sounds_features')

@@ -9,7 +9,7 @@ import soundfile
 
 from jaxretrieval.data.registry import computed_release
 from jaxretrieval.data.releases import ReleaseReader
-from jaxretrieval.features.experts import DIMS
+from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.text import WordVectors, tokenize
 
 

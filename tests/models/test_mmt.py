@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxretrieval.checkpoints import mmt_convert
+from jaxretrieval.torch_import import mmt_convert
 from jaxretrieval.losses import max_margin_ranking_loss
 from jaxretrieval.models import mmt
 from jaxretrieval.models.bert import BertConfig

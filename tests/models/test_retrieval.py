@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxretrieval.experts import model_experts
+from jaxretrieval.models.spec import model_experts
 from jaxretrieval.models import (MissingExpertsError, ModelSpec, RetrievalModel,
                                  check_availability, mixture_similarity)
 from tests.reference_checkpoint import reference_keys

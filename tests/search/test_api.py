@@ -58,7 +58,7 @@ def test_embeddings_score_as_the_search_ranks(tiny_index):
 def features_folder(root: pathlib.Path, ids: list[str]) -> dict:
   """A features folder of `ids` whose features depend only on each id (so an item has the
   same features in every folder); returns id -> features."""
-  from jaxretrieval.features.experts import DIMS
+  from jaxretrieval.features.handcrafted import DIMS
   from jaxretrieval.features.release_writer import Item, write_release
   features = {}
   for i in ids:

@@ -103,7 +103,7 @@ def test_queries_report_unknown_words_and_reject_unsearchable_ones(tiny_index):
 
 
 def test_search_command_line(tiny_index):
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search',
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search.query',
                                       f'--index={tiny_index}', *args], capture_output=True,
                                      text=True)
   out = run('-k', '3', 'a', 'high', 'whistles', 'blorp')
@@ -121,7 +121,7 @@ def test_search_command_line(tiny_index):
 def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
   index = shutil.copytree(tiny_index, tmp_path / 'index')
   (index / 'items.json').write_text('{"ids": [')
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search', f'--index={index}', 'beep'],
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search.query', f'--index={index}', 'beep'],
                        capture_output=True, text=True)
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert f'cannot load the index: {index / "items.json"}: cannot read' in out.stderr
@@ -141,7 +141,7 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   data_dir = pathlib.Path(json.loads((tiny_workdir / 'config.json').read_text())['data_dir'])
   words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.npz'))
   index = lambda *args: subprocess.run(
-      [sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
+      [sys.executable, '-m', 'jaxretrieval.search.index', f'--workdir={tiny_workdir}',
        f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}', f'--word_vectors={words}',
        *args], capture_output=True, text=True)
   refused = index()  # the audio lies outside the features folder, the default root
@@ -154,7 +154,7 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   assert all(store.audio_file(row) for row in range(3))
   assert len(SearchEngine(store).search('a bell', k=3).hits) == 3
   no_table = subprocess.run(
-      [sys.executable, '-m', 'jaxretrieval.index', f'--workdir={tiny_workdir}',
+      [sys.executable, '-m', 'jaxretrieval.search.index', f'--workdir={tiny_workdir}',
        f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index2"}',
        f'--audio_root={tmp_path / "audio"}'], capture_output=True, text=True)
   assert no_table.returncode != 0 and not (tmp_path / 'index2').exists()
@@ -164,7 +164,7 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
 
 def _features_folder(root, audio_files):
   """A features folder of two items with random experts and the given audio_files.json."""
-  from jaxretrieval.features.experts import DIMS
+  from jaxretrieval.features.handcrafted import DIMS
   from jaxretrieval.features.release_writer import Item, write_release
   rng = np.random.default_rng(0)
   items = [Item(i, {e: rng.normal(size=(3, d)).astype(np.float32) for e, d in DIMS.items()}, [])

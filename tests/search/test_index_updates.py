@@ -87,7 +87,7 @@ def test_remove_from_the_command_line(tiny_index, tmp_path):
   index = shutil.copytree(tiny_index, tmp_path / 'index')
   ids = IndexStore.load(index).ids
   (tmp_path / 'ids.txt').write_text(f'{ids[1]}\n{ids[2]}\n')
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.index', *args,
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search.index', *args,
                                       f'--to={index}'], capture_output=True, text=True)
   out = run(f'--remove={ids[0]}', f'--remove=@{tmp_path / "ids.txt"}')
   assert out.returncode == 0 and '13 items left' in out.stdout, out.stderr

@@ -10,7 +10,7 @@ import numpy as np
 from jaxretrieval.data.synthcaps import captions as captions_lib
 from jaxretrieval.data.synthcaps import sounds
 from jaxretrieval.features.audio_io import write_wav
-from jaxretrieval.features.experts import extract
+from jaxretrieval.features.handcrafted import extract
 from jaxretrieval.features.release_writer import Item, write_release
 from jaxretrieval.text import WordVectors, tokenize
 

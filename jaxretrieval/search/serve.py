@@ -1,4 +1,4 @@
-r"""Serves a search page over an index: `python -m jaxretrieval.serve --index INDEX`.
+r"""Serves a search page over an index: `python -m jaxretrieval.search.serve --index INDEX`.
 
 Binds 127.0.0.1:8000 by default; open http://127.0.0.1:8000/ in a browser. What the server
 serves and guarantees is in `jaxretrieval/search/server.py`.
@@ -36,7 +36,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('index', None, 'index directory (python -m jaxretrieval.index)',
+  flags.DEFINE_string('index', None, 'index directory (python -m jaxretrieval.search.index)',
                       required=True)
   flags.DEFINE_string('host', '127.0.0.1', 'address to bind (0.0.0.0 exposes it to the network)')
   flags.DEFINE_integer('port', 8000, 'port (0: any free port)')

@@ -1,9 +1,9 @@
 r"""Builds, grows or shrinks a search index of a sound collection.
 
-  python -m jaxretrieval.index --workdir WORKDIR [--data NAME_OR_FOLDER] [--split test] \
+  python -m jaxretrieval.search.index --workdir WORKDIR [--data NAME_OR_FOLDER] [--split test] \
       --out INDEX [--word_vectors PATH] [--audio_root FOLDER]
-  python -m jaxretrieval.index --add NAME_OR_FOLDER --to INDEX [--audio_root FOLDER]
-  python -m jaxretrieval.index --remove ID [--remove ID ...] [--remove @IDS.txt] --to INDEX
+  python -m jaxretrieval.search.index --add NAME_OR_FOLDER --to INDEX [--audio_root FOLDER]
+  python -m jaxretrieval.search.index --remove ID [--remove ID ...] [--remove @IDS.txt] --to INDEX
 
 `--data` is a TFDS dataset name (default: the workdir's) or a folder written by
 `python -m jaxretrieval.features`; every split is indexed unless `--split` names one.
@@ -65,7 +65,7 @@ def main(argv):
                         f.audio_root)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'cannot build {f.out}: {e}')
-  print(f'indexed {len(store)} items into {f.out}; search with: python -m jaxretrieval.search '
+  print(f'indexed {len(store)} items into {f.out}; search with: python -m jaxretrieval.search.query '
         f'--index {f.out} "a dog barks"')
 
 

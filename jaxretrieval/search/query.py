@@ -1,6 +1,6 @@
 r"""Searches an index from the command line.
 
-  python -m jaxretrieval.search --index INDEX "a high beep followed by hiss" -k 10
+  python -m jaxretrieval.search.query --index INDEX "a high beep followed by hiss" -k 10
 """
 
 import dataclasses
@@ -50,7 +50,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  flags.DEFINE_string('index', None, 'index directory (python -m jaxretrieval.index)',
+  flags.DEFINE_string('index', None, 'index directory (python -m jaxretrieval.search.index)',
                       required=True)
   flags.DEFINE_integer('k', 10, 'number of results', lower_bound=1)
   flags.DEFINE_bool('json', False, 'print JSON')

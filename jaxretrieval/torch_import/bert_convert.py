@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from jaxretrieval.checkpoints.torch_pickle import load_pth
+from jaxretrieval.torch_import.torch_pickle import load_pth
 from jaxretrieval.models.bert import BertConfig, BertModel
 
 # torch module path inside one encoder layer -> our module name.

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxretrieval.features import signal
-from jaxretrieval.features.experts import DIMS, extract, logmel, spectral
+from jaxretrieval.features.handcrafted import DIMS, extract, logmel, spectral
 
 SR = 16000
 

@@ -12,10 +12,10 @@ import pytest
 
 from configs import common
 from jaxretrieval import checkpointing
-from jaxretrieval.checkpoints import convert
-from jaxretrieval.checkpoints.torch_pickle import TorchFileError, load_pth
-from jaxretrieval.experts import model_spec
-from jaxretrieval.import_torch import config_from_reference, import_checkpoint
+from jaxretrieval.torch_import import convert
+from jaxretrieval.torch_import.torch_pickle import TorchFileError, load_pth
+from jaxretrieval.models.spec import model_spec
+from jaxretrieval.torch_import.importer import config_from_reference, import_checkpoint
 from jaxretrieval.models import RetrievalModel
 from tests.reference_checkpoint import (REF_EXPERTS, random_state_dict, reference_config,
                                         reference_keys, write_reference_checkpoint)
@@ -119,7 +119,7 @@ def test_ranger_state_is_imported_with_transposed_kernels(tmp_path):
 def test_cli_writes_an_evaluable_workdir(tmp_path):
   path, _, config = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
   (tmp_path / 'config.json').write_text(json.dumps(config))
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', '--checkpoint',
                         str(path), '--config', str(tmp_path / 'config.json'), '--out',
                         str(tmp_path / 'w')], capture_output=True, text=True, check=True)
   assert '7,389,127 parameters' in out.stdout
@@ -129,13 +129,13 @@ def test_cli_writes_an_evaluable_workdir(tmp_path):
 
 def test_cli_names_a_missing_base_config(tmp_path):
   path, _, _ = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', '--checkpoint',
                         str(path), '--out', str(tmp_path / 'w'),
                         f'--base_config={tmp_path / "configs" / "common.py"}'],
                        capture_output=True, text=True)
   assert out.returncode != 0 and not (tmp_path / 'w').exists()
   assert out.stderr.strip().splitlines()[-1] == (
-      f'import_torch: cannot load --base_config={tmp_path / "configs" / "common.py"} (the '
+      f'torch_import: cannot load --base_config={tmp_path / "configs" / "common.py"} (the '
       'experiment defaults): run from the repository root, or pass '
       '--base_config=PATH/configs/common.py')
 
@@ -157,7 +157,7 @@ def test_unknown_reference_dataset_lists_the_registered_ones(tmp_path):
 
 def test_reader_never_imports_torch(tmp_path):
   path, _, _ = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
-  code = (f'import sys; from jaxretrieval.checkpoints.torch_pickle import load_pth; '
+  code = (f'import sys; from jaxretrieval.torch_import.torch_pickle import load_pth; '
           f'd = load_pth({str(path)!r}); assert "torch" not in sys.modules; '
           f'print(d["config"]._config["data_loader"]["args"]["dataset_name"])')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
@@ -205,7 +205,7 @@ def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
   modalities = ['audio', 'vggsound']
   path, state_dict, config = _write(tmp_path, 'CLOTHO', modalities, 'ce', seed=5)
   root = pathlib.Path(__file__).resolve().parents[2]
-  subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', f'--checkpoint={path}',
+  subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', f'--checkpoint={path}',
                   f'--out={tmp_path / "w"}', f'--data_dir={tmp_path / "tfds"}'], check=True,
                  capture_output=True, cwd=root)
   evaluated = subprocess.run([sys.executable, 'launch.py', '--mode=eval',
@@ -280,7 +280,7 @@ def _fine_tune_config(imported, data_dir):
 
 
 def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_clotho):
-  """import_torch of a stepped Ranger -> init_from with the default init_optimizer: the steps
+  """torch_import of a stepped Ranger -> init_from with the default init_optimizer: the steps
   that follow are the reference Ranger's, from its state and its decayed learning rate."""
   keys = reference_keys('mimic', ['audio'])
   state_dict = random_state_dict(keys, 2)
@@ -292,7 +292,7 @@ def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_cloth
   meta = import_checkpoint(str(path), str(tmp_path / 'imported'), common.get_config())
   assert meta['learning_rate'] == pytest.approx(lr) and meta['optimizer_steps'] == t0
   config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
-  run = train.Run(config, tmp_path / 'tuned')
+  run = train.Experiment(config, tmp_path / 'tuned')
   state, train_meta = train._initialise_from(run)
   assert train_meta.base_lr == pytest.approx(lr)
   imported = checkpointing.restore(checkpointing.manager(tmp_path / 'imported'), 12,
@@ -324,12 +324,12 @@ def test_a_ranger_that_never_stepped_imports_its_weights_and_learning_rate(
   write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', ['audio'], 'mimic',
                                                                 MAX_TOKENS),
                              optimizer=_ranger_state(state_dict, keys, 0, 0.01))
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.import_torch', '--checkpoint',
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', '--checkpoint',
                         str(path), '--out', str(tmp_path / 'imported')], capture_output=True,
                        text=True, check=True)
   assert 'the Ranger state is empty (never stepped), lr 0.01' in out.stdout
   config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
-  state, meta = train._initialise_from(train.Run(config, tmp_path / 'tuned'))
+  state, meta = train._initialise_from(train.Experiment(config, tmp_path / 'tuned'))
   assert meta.base_lr == pytest.approx(0.01) and int(state.opt_state.count) == 0
   want = convert.convert_state_dict(state_dict, convert.spec_from_reference(
       reference_config('CLOTHO', ['audio'], 'mimic', MAX_TOKENS), state_dict))['params']
@@ -340,7 +340,7 @@ def test_a_ranger_that_never_stepped_imports_its_weights_and_learning_rate(
 
 
 def test_tensor_views_outside_their_storage_are_refused():
-  from jaxretrieval.checkpoints.torch_pickle import _rebuild_tensor
+  from jaxretrieval.torch_import.torch_pickle import _rebuild_tensor
   storage = np.arange(6, dtype=np.float32)
   np.testing.assert_array_equal(_rebuild_tensor(storage, 1, (2, 2), (2, 1)), [[1, 2], [3, 4]])
   for offset, size, stride in ((2, (5,), (1,)), (-1, (2,), (1,)), (0, (2, 2), (5, 1)),

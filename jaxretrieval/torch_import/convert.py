@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval import checkpointing
-from jaxretrieval.checkpoints.torch_pickle import Opaque, load_pth
+from jaxretrieval.torch_import.torch_pickle import Opaque, load_pth
 from jaxretrieval.data.registry import EXPERTS_BY_REFERENCE_NAME as BY_REF_NAME
 from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
 

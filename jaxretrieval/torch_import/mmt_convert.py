@@ -19,9 +19,9 @@ import ml_collections
 import numpy as np
 
 from jaxretrieval.data import registry
-from jaxretrieval.checkpoints import bert_convert
-from jaxretrieval.checkpoints.convert import ReferenceCheckpoint, write_workdir
-from jaxretrieval.checkpoints.bert_convert import BertCheckpointError
+from jaxretrieval.torch_import import bert_convert
+from jaxretrieval.torch_import.convert import ReferenceCheckpoint, write_workdir
+from jaxretrieval.torch_import.bert_convert import BertCheckpointError
 from jaxretrieval.models.bert import BERT_BASE_CASED, BertConfig
 from jaxretrieval.models.mmt import (MMTExpert, MMTSpec, TOKEN_TYPES, abstract_variables,
                                      mmt_spec)
