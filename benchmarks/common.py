@@ -72,7 +72,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 def synthetic_split(config, spec, n: int, rng, name: str = 'synthetic', captions: int = 1):
   """A SplitArrays of `n` random items shaped by `config.max_tokens`, `captions` each."""
   import numpy as np
-  from jaxretrieval.input_pipeline import SplitArrays
+  from jaxretrieval.data.splits import SplitArrays
   t = config.max_tokens['text']
   experts = {e.name: rng.standard_normal((n, config.max_tokens[e.name], e.dim), np.float32)
              if e.temporal == 'vlad' else rng.standard_normal((n, e.dim), np.float32)

@@ -33,10 +33,11 @@ from benchmarks import torch_baseline
 from benchmarks.common import alternate, emit, machine, set_threads, synthetic_split, table
 from configs import common
 from jaxretrieval.torch_import import convert
-from jaxretrieval.evaluation import Embedder, split_metrics
+from jaxretrieval.embedding import Embedder
+from jaxretrieval.evaluation import split_metrics
 from jaxretrieval.data.registry import EXPERTS
 from jaxretrieval.models.spec import model_spec
-from jaxretrieval.input_pipeline import eval_queries
+from jaxretrieval.evaluation import eval_queries
 from jaxretrieval.metrics import metrics_from_ranks
 from jaxretrieval.models import RetrievalModel
 

@@ -24,6 +24,7 @@ import jax
 from benchmarks.common import emit, machine, synthetic_datasets, table
 from configs import common
 from configs import ce_synthcaps
+from jaxretrieval.data import splits
 from jaxretrieval import input_pipeline
 from jaxretrieval import train
 from jaxretrieval.models.spec import model_spec
@@ -36,11 +37,11 @@ _TFDS_NAME = flags.DEFINE_string('tfds_name', 'synthcaps/small', 'TFDS dataset t
 def tfds_read() -> dict:
   config = ce_synthcaps.get_config()
   config.tfds_name = _TFDS_NAME.value
-  builder = input_pipeline.tfds_builder(config)
+  builder = splits.tfds_builder(config)
   spec = model_spec(config, train.expert_dims(builder))
   start = time.perf_counter()
-  data = input_pipeline.load_split(builder, config.train_split, config, spec,
-                                   input_pipeline.CaptionVocab())
+  data = splits.load_split(builder, config.train_split, config, spec,
+                                   splits.CaptionVocab())
   seconds = time.perf_counter() - start
   megabytes = sum(v.nbytes for v in data.experts.values()) / 1e6
   return {'benchmark': 'input_pipeline', 'stage': 'tfds_to_host', 'dataset': config.tfds_name,

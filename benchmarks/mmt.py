@@ -25,9 +25,11 @@ import numpy as np
 from benchmarks.common import (alternate, emit, machine, peak_host_memory_gb,
                                synthetic_datasets)
 from configs import common, mmt_clotho
+from jaxretrieval.data import splits
 from jaxretrieval import input_pipeline, train
 from jaxretrieval.evaluation import split_metrics
-from jaxretrieval.input_pipeline import SplitArrays, eval_queries
+from jaxretrieval.data.splits import SplitArrays
+from jaxretrieval.evaluation import eval_queries
 from jaxretrieval.models import mmt
 
 _SIZES = flags.DEFINE_list('sizes', ['tiny', 'full'], 'model sizes for the train step')
@@ -53,10 +55,10 @@ def mmt_config(size: str, batch: int):
 
 
 def mmt_split(config, name: str, n: int, captions: int, rng) -> SplitArrays:
-  """A random split as `input_pipeline.load_split` makes it for MMT: every frame of every
+  """A random split as `splits.load_split` makes it for MMT: every frame of every
   item, BERT token ids ([CLS] = 101, [SEP] = 102, 0-padded) of random lengths."""
   length = config.max_tokens.text
-  experts = {e: input_pipeline.object_array(
+  experts = {e: splits.object_array(
       [rng.standard_normal((t, d), np.float32) for _ in range(n)]) for e, (t, d) in FRAMES.items()}
   lengths = rng.integers(8, length + 1, n * captions)
   ids = rng.integers(1000, config.model.text_bert.vocab_size, (n * captions, length))

@@ -23,9 +23,9 @@ import numpy as np
 
 from benchmarks.common import emit, machine, peak_host_memory_gb, table, timed
 from configs import ce_synthcaps
-from jaxretrieval.evaluation import Embedder
+from jaxretrieval.embedding import Embedder
 from jaxretrieval.models.spec import model_spec
-from jaxretrieval.input_pipeline import SplitArrays
+from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.models import RetrievalModel
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexStore

@@ -1,77 +1,20 @@
-"""Retrieval evaluation: embed a split's items and captions, score, rank (REFERENCE §5).
-
-Items and captions are embedded separately in fixed-size chunks over all local devices
-(BatchNorm uses running statistics, so chunking changes nothing), then every caption is
-scored against every item with the mixture-weighted similarity and ranked on device, in
-chunks of captions.
+"""Retrieval evaluation of a split (REFERENCE §5): its items and captions embedded
+(`embedding`), every caption scored against every item with the mixture-weighted similarity
+and ranked on device, in chunks of captions, each chunk once.
 """
 
 import functools
-import json
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.input_pipeline import SplitArrays, eval_queries
+from jaxretrieval.data.splits import SplitArrays
+from jaxretrieval.embedding import Embedder, MMTEmbedder
 from jaxretrieval.metrics import metrics_from_scores
-from jaxretrieval.models import RetrievalModel, mixture_similarity
-
-METRIC_COLUMNS = ('R1', 'R5', 'R10', 'R50', 'MedR', 'MeanR', 'geometric_mean_R1-R5-R10')
-
-
-class Embedder:
-  """Pmapped audio and text towers in eval mode."""
-
-  def __init__(self, model: RetrievalModel, chunk: int):
-    self.chunk = chunk
-    self.devices = jax.local_device_count()
-    self.names = tuple(model.spec.expert_names)  # the order of weights/availability columns
-
-    def audio(variables, batch):
-      return model.apply(variables, batch['experts'], batch['availability'], False,
-                         lengths=batch['expert_lengths'], method=RetrievalModel.encode_audio)
-
-    def text(variables, batch, table):
-      return model.apply(variables, table[batch['text_ids']], False,
-                         lengths=batch['text_lengths'], method=RetrievalModel.encode_text)
-
-    self._audio = jax.pmap(audio, axis_name='batch')
-    self._text = jax.pmap(text, axis_name='batch')  # the word table is replicated too
-
-  def _chunks(self, fn, arrays: dict, n: int):
-    """fn over `arrays` (leading dim n) in equal rounds of at most devices x chunk rows; the
-    per-device rows are rounded up to a multiple of 8, so little padding is computed and a
-    split of a given size compiles once."""
-    rounds = max(1, -(-n // (self.devices * self.chunk)))
-    chunk = -(-n // (rounds * self.devices * 8)) * 8
-    per_round = self.devices * chunk
-    outputs = []
-    for start in range(0, n, per_round):
-      index = np.arange(start, start + per_round)
-      index = np.where(index < n, index, start)  # pad with a real row; dropped below
-      part = jax.tree.map(lambda a: a[index].reshape((self.devices, chunk) + a.shape[1:]),
-                          arrays)
-      outputs.append(jax.tree.map(lambda x: np.asarray(x).reshape((per_round,) + x.shape[2:]),
-                                  fn(part)))
-    return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *outputs)
-
-  def items(self, variables, data: SplitArrays):
-    arrays = {'experts': data.experts, 'availability': data.availability,
-              'expert_lengths': data.lengths}
-    return self._chunks(lambda b: self._audio(variables, b), arrays, len(data))
-
-  def captions(self, variables, data: SplitArrays, rows: np.ndarray, table):
-    """Text embeddings and mixture weights of the caption `rows`. Each distinct caption
-    (token ids and length) goes through the text tower once: absent captions repeat their
-    item's first caption, and the same sentence can describe several items."""
-    keys = np.concatenate([data.caption_ids[rows], data.caption_lengths[rows, None]], axis=1)
-    distinct, inverse = np.unique(keys, axis=0, return_inverse=True)
-    arrays = {'text_ids': distinct[:, :-1], 'text_lengths': distinct[:, -1]}
-    out = self._chunks(lambda b: self._text(variables, b, table), arrays, len(distinct))
-    return jax.tree.map(lambda x: x[inverse.reshape(-1)], out)
+from jaxretrieval.models import mixture_similarity
+from jaxretrieval.models import mmt
 
 
 @functools.partial(jax.jit, static_argnames='names')
@@ -120,31 +63,25 @@ def evaluate_split(embedder: Embedder, variables, data: SplitArrays, num_caption
   return metrics
 
 
-def markdown_table(rows: list[tuple[str, dict]], title: str = 'experiment') -> str:
-  """A paper-style table: one row per entry, t2a then a2t columns."""
-  names = ['R@1', 'R@5', 'R@10', 'R@50', 'MdR', 'MnR', 'Geom']
-  header = f'| {title} | ' + ' | '.join(f't2a {c}' for c in names) + ' | ' + ' | '.join(
-      f'a2t {c}' for c in names) + ' |'
-  lines = [header, '|' + '---|' * (1 + 2 * len(names))]
-  for name, cells in rows:
-    lines.append(f'| {name} | ' + ' | '.join(cells[d][c] for d in ('t2a', 'a2t')
-                                             for c in METRIC_COLUMNS) + ' |')
-  return '\n'.join(lines) + '\n'
+def eval_queries(data: SplitArrays, num_captions: int) -> tuple[np.ndarray, np.ndarray]:
+  """Caption rows of the first `num_captions` captions of every item (item-major), and the
+  query masks `[N, K]`; absent captions reuse the item's first caption, masked out."""
+  k = np.arange(num_captions)[None, :]
+  masks = k < data.caption_count[:, None]  # [N, K]
+  rows = data.caption_start[:, None] + np.where(masks, k, 0)
+  return rows.reshape(-1), masks.astype(np.float32)
 
 
-def format_metrics(metrics: dict) -> dict:
-  """Metric values as table cells (one decimal, like the paper)."""
-  return {d: {c: f'{metrics[d][c]:.1f}' for c in METRIC_COLUMNS} for d in ('t2a', 'a2t')}
-
-
-def write_results(workdir: pathlib.Path, results: dict, name: str = 'results') -> None:
-  """`<name>.json` (everything) and `<name>.md` (the test table) in the workdir."""
-  workdir = pathlib.Path(workdir)
-  (workdir / f'{name}.json').write_text(json.dumps(results, indent=2, default=float))
-  label = f"{results['variant']} — {'+'.join(results['experts'])} on {results['dataset']}"
-  text = markdown_table([(label, format_metrics(results['test']))])
-  text += (f"\nTest split `{results['test_split']}`: {results['test']['num_items']} items, "
-           f"{results['test']['t2a']['num_queries']} text queries. Best epoch "
-           f"{results.get('best_epoch')} of {results.get('epochs_trained')}; "
-           f"{results['num_parameters']:,} parameters.\n")
-  (workdir / f'{name}.md').write_text(text)
+def evaluate_mmt_split(embedder: MMTEmbedder, variables, data: SplitArrays,
+                       num_captions: int, spec: mmt.MMTSpec) -> dict:
+  """t2a and a2t metrics of a split for MMT (as `evaluation.evaluate_split`), a missing expert
+  scored as `mmt.scored_availability` says."""
+  start = time.time()
+  audio = embedder.items(variables, data)
+  rows, masks = eval_queries(data, num_captions)
+  text, weights = embedder.captions(variables, data, rows)
+  availability = np.asarray(mmt.scored_availability(spec, data.availability))
+  metrics = split_metrics(text, weights, audio, availability, masks, spec.expert_names)
+  metrics.update(seconds=time.time() - start, num_items=len(data),
+                 distinct_queries=len(np.unique(data.caption_ids[rows], axis=0)))
+  return metrics

@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from jaxretrieval.evaluation import METRIC_COLUMNS, markdown_table
+from jaxretrieval.results import METRIC_COLUMNS, markdown_table
 
 def load_results(workdirs) -> list[dict]:
   results = []

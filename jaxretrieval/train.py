@@ -34,14 +34,16 @@ import ml_collections
 import numpy as np
 import optax
 
+from jaxretrieval.data import splits
 from jaxretrieval import checkpointing
 from jaxretrieval import input_pipeline
 from jaxretrieval import losses
 from jaxretrieval.bert_tokens import BertTokens
 from jaxretrieval.torch_import import mmt_convert
-from jaxretrieval.evaluation import Embedder, evaluate_split, split_metrics, write_results
+from jaxretrieval.embedding import Embedder, MMTEmbedder
+from jaxretrieval.evaluation import evaluate_mmt_split, evaluate_split
 from jaxretrieval.models.spec import model_spec
-from jaxretrieval.input_pipeline import eval_queries
+from jaxretrieval.results import results_record, write_results
 from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
 from jaxretrieval.models import mmt
 from jaxretrieval.optim import ranger, restart_schedule, with_reference_state
@@ -211,26 +213,26 @@ class TrainMeta:
 @dataclasses.dataclass
 class ExperimentData:
   """The splits of a run in host memory, their word table and expert widths."""
-  train: input_pipeline.SplitArrays
-  val: input_pipeline.SplitArrays
-  test: input_pipeline.SplitArrays
+  train: splits.SplitArrays
+  val: splits.SplitArrays
+  test: splits.SplitArrays
   words: np.ndarray | None  # [V, 300], row 0 the padding vector; None for MMT (BERT tokens)
   dims: dict[str, tuple[int, str]]
 
 
 def load_datasets(config, test_only: bool = False) -> ExperimentData:
   """The run's splits from TFDS; with `test_only` the test split stands for all three."""
-  builder = input_pipeline.tfds_builder(config)
+  builder = splits.tfds_builder(config)
   dims = expert_dims(builder)
   spec = run_spec(config, dims)
-  text = bert_tokens(config) if is_mmt(config) else input_pipeline.CaptionVocab()
+  text = bert_tokens(config) if is_mmt(config) else splits.CaptionVocab()
   words = lambda: None if is_mmt(config) else text.matrix
-  load = lambda split: input_pipeline.load_split(builder, split, config, spec, text)
+  load = lambda split: splits.load_split(builder, split, config, spec, text)
   start = time.time()
   test = load(config.test_split)
   if test_only:
     return ExperimentData(test, test, test, words(), dims)
-  train = input_pipeline.subset(load(config.train_split), config.train_fraction, config.seed)
+  train = splits.subset(load(config.train_split), config.train_fraction, config.seed)
   val = test if config.test_split == config.val_split else load(config.val_split)
   logging.info('Loaded %s: %d train, %d val, %d test items, %s in %.1f s', config.tfds_name,
                len(train), len(val), len(test),
@@ -339,57 +341,6 @@ class Experiment:
                 jax.process_index(), c.get('max_samples_per_epoch', 0))
     return jax_utils.prefetch_to_device(
         (input_pipeline.shard(b, self.devices) for b in it), size=2)
-
-
-class MMTEmbedder(Embedder):
-  """MMT's towers in eval mode over all local devices: every item embedded once from the
-  original's evaluation-time frame tokens (built once per split), every distinct query once
-  (per-caption text caching: the BERT text tower is most of an evaluation's cost)."""
-
-  def __init__(self, model: mmt.MMT, chunk: int, config):  # pylint: disable=super-init-not-called
-    self.chunk, self.devices = chunk, jax.local_device_count()
-    self.spec, self.config = model.spec, config
-    self._audio = jax.pmap(lambda v, batch: model.apply(v, batch, False,
-                                                        method=mmt.MMT.encode_audio),
-                           axis_name='batch')
-    self._text = jax.pmap(lambda v, batch: model.apply(v, batch['tokens'], batch['token_mask'],
-                                                       False, method=mmt.MMT.encode_text),
-                          axis_name='batch')
-    self._audio_inputs = {}  # split name -> its items' audio inputs (fixed at evaluation)
-
-  def audio_inputs(self, data: input_pipeline.SplitArrays) -> dict:
-    if data.name not in self._audio_inputs:
-      c = self.config
-      self._audio_inputs[data.name] = input_pipeline.mmt_audio(
-          data, np.arange(len(data)), self.spec, c.max_tokens, None, c.model.frame_width)
-    return self._audio_inputs[data.name]
-
-  def items(self, variables, data: input_pipeline.SplitArrays):
-    return self._chunks(lambda b: self._audio(variables, b), self.audio_inputs(data), len(data))
-
-  def captions(self, variables, data: input_pipeline.SplitArrays, rows: np.ndarray, table=None):
-    del table  # MMT's captions are token ids
-    tokens = data.caption_ids[rows]
-    unique, first, inverse = np.unique(tokens, axis=0, return_index=True, return_inverse=True)
-    arrays = {'tokens': unique, 'token_mask': input_pipeline.token_mask(
-        data.caption_lengths[rows][first], tokens.shape[1])}
-    text, weights = self._chunks(lambda b: self._text(variables, b), arrays, len(unique))
-    return jax.tree.map(lambda x: x[inverse.reshape(-1)], (text, weights))
-
-
-def evaluate_mmt_split(embedder: MMTEmbedder, variables, data: input_pipeline.SplitArrays,
-                       num_captions: int, spec: mmt.MMTSpec) -> dict:
-  """t2a and a2t metrics of a split for MMT (as `evaluation.evaluate_split`), a missing expert
-  scored as `mmt.scored_availability` says."""
-  start = time.time()
-  audio = embedder.items(variables, data)
-  rows, masks = eval_queries(data, num_captions)
-  text, weights = embedder.captions(variables, data, rows)
-  availability = np.asarray(mmt.scored_availability(spec, data.availability))
-  metrics = split_metrics(text, weights, audio, availability, masks, spec.expert_names)
-  metrics.update(seconds=time.time() - start, num_items=len(data),
-                 distinct_queries=len(np.unique(data.caption_ids[rows], axis=0)))
-  return metrics
 
 
 def replicate(tree):
@@ -526,7 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir = pathlib.Path(workdir)
   _check_config(config)
   run = Experiment(config, workdir, data)
-  input_pipeline.check_required_experts(run.train, run.spec.expert_names, config.flaky)
+  splits.check_required_experts(run.train, run.spec.expert_names, config.flaky)
   mngr = checkpointing.manager(workdir)
   resumed = _resume(run, mngr)
   if resumed:
@@ -615,13 +566,6 @@ def test_checkpoint(run: Experiment, mngr, writer) -> dict:
                  epochs_trained=mngr.latest_step(), val_best=meta.get('val'),
                  source=meta.get('source'))
   return results
-
-
-def results_record(config, spec: ModelSpec, test: dict, num_params: int) -> dict:
-  return {'dataset': config.dataset, 'tfds_name': config.tfds_name,
-          'experts': list(spec.expert_names), 'variant': spec.variant, 'seed': config.seed,
-          'test_split': config.test_split, 'num_test_captions': config.num_test_captions,
-          'num_parameters': int(num_params), 'test': test, 'config': config.to_dict()}
 
 
 def _logged(history: list[dict], first: int, epoch: int, step: int, total: int) -> dict:

@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.evaluation import Embedder, split_metrics
+from jaxretrieval.embedding import Embedder
+from jaxretrieval.evaluation import split_metrics
 from jaxretrieval.models.spec import model_experts
-from jaxretrieval.input_pipeline import SplitArrays, eval_queries
+from jaxretrieval.data.splits import SplitArrays
+from jaxretrieval.evaluation import eval_queries
 from jaxretrieval.metrics import retrieval_metrics
 from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
 

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxretrieval import evaluation
+from jaxretrieval.data import splits
 from jaxretrieval import input_pipeline
 from jaxretrieval.models.spec import model_spec
 from tests.conftest import tiny_config
@@ -13,10 +15,10 @@ from tests.conftest import tiny_config
 def loaded(synthcaps_tiny):
   config = tiny_config(synthcaps_tiny)
   config.max_tokens.logmel = 2  # shorter than most clips: truncation
-  builder = input_pipeline.tfds_builder(config)
+  builder = splits.tfds_builder(config)
   spec = model_spec(config)
-  table = input_pipeline.CaptionVocab()
-  data = input_pipeline.load_split(builder, 'train', config, spec, table)
+  table = splits.CaptionVocab()
+  data = splits.load_split(builder, 'train', config, spec, table)
   raw = {e['id'].decode(): e for e in tfds.as_numpy(builder.as_dataset(split='train'))}
   return config, data, table, raw
 
@@ -87,10 +89,10 @@ def test_single_item_last_batch_is_left_out_and_logged(loaded, caplog):
 
 def test_fraction_and_eval_queries(loaded):
   _, data, _, _ = loaded
-  half = input_pipeline.subset(data, 0.5, seed=3)
+  half = splits.subset(data, 0.5, seed=3)
   assert len(half) == 24 and set(half.ids) < set(data.ids)
-  assert half.ids == input_pipeline.subset(data, 0.5, seed=3).ids
-  rows, masks = input_pipeline.eval_queries(data, 7)
+  assert half.ids == splits.subset(data, 0.5, seed=3).ids
+  rows, masks = evaluation.eval_queries(data, 7)
   assert masks.shape == (48, 7) and masks[:, :5].all() and not masks[:, 5:].any()
   assert rows[7 * 2 + 1] == data.caption_start[2] + 1
 
@@ -98,9 +100,9 @@ def test_fraction_and_eval_queries(loaded):
 def test_fused_captions_make_one_query(synthcaps_tiny):
   config = tiny_config(synthcaps_tiny, fuse_captions=True)
   config.max_tokens.text = 200
-  builder = input_pipeline.tfds_builder(config)
-  data = input_pipeline.load_split(builder, 'val', config, model_spec(config),
-                                   input_pipeline.CaptionVocab())
+  builder = splits.tfds_builder(config)
+  data = splits.load_split(builder, 'val', config, model_spec(config),
+                                   splits.CaptionVocab())
   assert (data.caption_count == 1).all()
   raw = next(iter(tfds.as_numpy(builder.as_dataset(split='val').take(1))))
   assert data.caption_lengths[data.ids.index(raw['id'].decode())] == len(raw['caption_vectors'])
@@ -109,8 +111,8 @@ def test_fused_captions_make_one_query(synthcaps_tiny):
 def test_unbuilt_dataset_and_bad_config_are_explained(synthcaps_tiny, tmp_path):
   config = tiny_config(tmp_path, tfds_name='clotho')
   with pytest.raises(FileNotFoundError, match='tfds build data_builders/clotho --manual_dir'):
-    input_pipeline.tfds_builder(config)
+    splits.tfds_builder(config)
   config = tiny_config(synthcaps_tiny, experts=('logmel', 'vggish'))
   with pytest.raises(ValueError, match="names 'vggish'.*logmel"):
-    input_pipeline.load_split(input_pipeline.tfds_builder(config), 'val', config,
-                              model_spec(config), input_pipeline.CaptionVocab())
+    splits.load_split(splits.tfds_builder(config), 'val', config,
+                              model_spec(config), splits.CaptionVocab())

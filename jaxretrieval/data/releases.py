@@ -10,7 +10,7 @@ Gaps are read on as the reference reads on (REFERENCE §1.2, §1.6): an item wit
 entry in an expert's file (absent, NaN, all-NaN or zero frames) is recorded as unavailable
 for that expert and counted, whether the expert is flaky or not; whether a training run
 may use such an item is decided at run time for the experts its config uses
-(`input_pipeline.check_required_experts`). What the reference cannot use either stops the
+(`splits.check_required_experts`). What the reference cannot use either stops the
 build: an id listed twice or in two splits, an id without captions or word vectors.
 """
 

@@ -15,9 +15,9 @@ import numpy as np
 import soundfile
 import tensorflow_datasets as tfds
 
+from jaxretrieval.data import splits
 from jaxretrieval import checkpointing
-from jaxretrieval import input_pipeline
-from jaxretrieval.evaluation import Embedder
+from jaxretrieval.embedding import Embedder
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.features.release_writer import folder_reader
@@ -156,7 +156,7 @@ def embed_source(config, spec, variables, data: str, split: str | None, data_dir
       captions[item] = [c.decode() if isinstance(c, bytes) else str(c)
                         for c in example.get('captions', [])]
       yield item, example
-  items = input_pipeline.load_items(noting_captions(examples), config, spec, data)
+  items = splits.load_items(noting_captions(examples), config, spec, data)
   if len(set(items.ids)) != len(items.ids):
     raise ValueError(f'{data} repeats item ids across splits; index one split (--split)')
   check_audio_paths(items.ids, items.audio_paths, roots)

@@ -213,7 +213,7 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
   """Entries missing from non-flaky experts build as unavailable and are counted; training
   refuses them only for an expert its config uses (REFERENCE §1.6)."""
   from configs import ce_audiocaps
-  from jaxretrieval import input_pipeline
+  from jaxretrieval.data import splits
   from jaxretrieval.models.spec import model_spec
   contents = make_contents('audiocaps')
   ids, features = contents['ids'], contents['features']
@@ -240,20 +240,20 @@ def test_gaps_are_read_on_as_the_reference_does(tmp_path, caplog):
 
   config = ce_audiocaps.get_config()
   config.data_dir = str(tmp_path / 'tfds')
-  spec, table = model_spec(config), input_pipeline.CaptionVocab()
-  data = input_pipeline.tfds_builder(config)
-  train = input_pipeline.load_split(data, 'train', config, spec, table)
+  spec, table = model_spec(config), splits.CaptionVocab()
+  data = splits.tfds_builder(config)
+  train = splits.load_split(data, 'train', config, spec, table)
   with pytest.raises(ValueError, match=f'lack the expert vggsound.*: {train_gap}\\. ') as error:
-    input_pipeline.check_required_experts(train, spec.expert_names, config.flaky)
+    splits.check_required_experts(train, spec.expert_names, config.flaky)
   assert unused_gap not in str(error.value)
-  test = input_pipeline.load_split(data, 'test', config, spec, table)
+  test = splits.load_split(data, 'test', config, spec, table)
   vggsound = spec.expert_names.index('vggsound')
   assert [test.availability[i, vggsound] for i in range(len(test))] == [
       float(i != test_gap) for i in test.ids]
   config.experts = ('vggish', 'syncnet')  # the pann gap does not concern this config
   spec = model_spec(config)
-  input_pipeline.check_required_experts(
-      input_pipeline.load_split(data, 'train', config, spec, table), spec.expert_names,
+  splits.check_required_experts(
+      splits.load_split(data, 'train', config, spec, table), spec.expert_names,
       config.flaky)
 
 
