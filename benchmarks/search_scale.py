@@ -18,7 +18,6 @@ from absl import app
 from absl import flags
 from flax import jax_utils
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import emit, machine, peak_host_memory_gb, table, timed
@@ -26,7 +25,7 @@ from configs import ce_synthcaps
 from jaxretrieval.embedding import Embedder
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.data.splits import SplitArrays
-from jaxretrieval.models import RetrievalModel
+from jaxretrieval.models import RetrievalModel, dummy_inputs
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexStore
 from jaxretrieval.text import WordVectors
@@ -53,10 +52,7 @@ def main(argv):
   config = ce_synthcaps.get_config()
   spec = model_spec(config)
   model = RetrievalModel(spec)
-  sample = {'experts': {e.name: jnp.zeros((2, config.max_tokens[e.name], e.dim))
-                        for e in spec.experts},
-            'availability': jnp.ones((2, 2)), 'text': jnp.zeros((2, 32, 300))}
-  variables = model.init(jax.random.key(0), sample, train=False)
+  variables = model.init(jax.random.key(0), dummy_inputs(spec), train=False)
   rng = np.random.default_rng(0)
   vocabulary = sorted({w for q in QUERIES for w in q.split()})
   words = WordVectors({w: rng.normal(size=300) for w in vocabulary})

@@ -44,7 +44,7 @@ from jaxretrieval.embedding import Embedder, MMTEmbedder
 from jaxretrieval.evaluation import evaluate_mmt_split, evaluate_split
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.results import results_record, write_results
-from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
+from jaxretrieval.models import Batch, ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
 from jaxretrieval.models import mmt
 from jaxretrieval.optim import ranger, restart_schedule, with_reference_state
 
@@ -106,12 +106,13 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
   raise ValueError(f"config.optimizer.name={o.name!r}: expected 'ranger' or 'adamw'")
 
 
-def model_inputs(batch: dict, word_table: jax.Array) -> dict:
-  """The model's batch from a pipeline batch: word vectors looked up on the device."""
-  return {'experts': batch['experts'], 'expert_lengths': batch['expert_lengths'],
-          'availability': batch['availability'], 'text': word_table[batch['text_ids']],
-          'text_lengths': batch['text_lengths'], 'row_mask': batch['row_mask'],
-          'text_row_mask': batch['row_mask']}
+def model_inputs(batch: dict, word_table: jax.Array) -> Batch:
+  """The model's Batch from a pipeline batch (one caption per item, so the caption rows share
+  the items' row mask): word vectors looked up on the device."""
+  return Batch(experts=batch['experts'], availability=batch['availability'],
+               text=word_table[batch['text_ids']], expert_lengths=batch['expert_lengths'],
+               text_lengths=batch['text_lengths'], row_mask=batch['row_mask'],
+               text_row_mask=batch['row_mask'])
 
 
 def contrastive_loss(params, loss_config, names, text, weights, audio, availability,
@@ -276,13 +277,7 @@ class Experiment:
     init = jax.jit(functools.partial(self.eval_model.init, train=False))
     if self.mmt:
       return dict(init(jax.random.key(c.seed), mmt.dummy_batch(self.spec)))
-    b = c.batch_size // jax.device_count()
-    sample = {
-        'experts': {e.name: jnp.zeros((b, c.max_tokens[e.name], e.dim) if e.temporal == 'vlad'
-                                      else (b, e.dim)) for e in self.spec.experts},
-        'availability': jnp.ones((b, len(self.spec.experts))),
-        'text': jnp.zeros((b, c.max_tokens['text'], self.spec.text_dim)),
-    }
+    sample = dummy_inputs(self.spec, c.batch_size // jax.device_count(), c.max_tokens)
     return dict(init(jax.random.key(c.seed), sample))
 
   def initial_variables(self) -> dict:

@@ -1,12 +1,11 @@
 """The deterministic model and global batch shared by the data-parallel equivalence tests."""
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from jaxretrieval.models.spec import model_experts
-from jaxretrieval.models import ModelSpec, RetrievalModel
+from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs
 
 GLOBAL_BATCH = 8
 
@@ -29,8 +28,6 @@ def setup(axis_name=None, seed=0):
       'row_mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32),  # a partial last batch
   }
   table = np.concatenate([np.zeros((1, 300)), rng.normal(size=(19, 300))]).astype(np.float32)
-  init_batch = {'experts': {k: jnp.asarray(v[:2]) for k, v in batch['experts'].items()},
-                'availability': jnp.ones((2, 2)), 'text': jnp.zeros((2, 7, 300))}
-  variables = RetrievalModel(spec).init(jax.random.key(seed), init_batch, train=False)
+  variables = RetrievalModel(spec).init(jax.random.key(seed), dummy_inputs(spec), train=False)
   loss = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2, 'fix_norm': True})
   return RetrievalModel(spec, axis_name=axis_name), variables, batch, table, loss

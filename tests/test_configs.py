@@ -13,7 +13,7 @@ from configs import common
 from jaxretrieval import train
 from jaxretrieval.data import registry
 from jaxretrieval.models.spec import model_spec
-from jaxretrieval.models import RetrievalModel
+from jaxretrieval.models import RetrievalModel, dummy_inputs
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -35,11 +35,8 @@ def one_step(config, batch_size=4):
       'row_mask': np.ones(batch_size, np.float32),
   }
   table = rng.normal(size=(9, 300)).astype(np.float32)
-  sample = {'experts': {k: v[:2] for k, v in batch['experts'].items()},
-            'availability': batch['availability'][:2],
-            'text': np.zeros((2, config.max_tokens.text, 300), np.float32)}
   model = RetrievalModel(spec)
-  variables = model.init(jax.random.key(0), sample, train=False)
+  variables = model.init(jax.random.key(0), dummy_inputs(spec, 2, config.max_tokens), train=False)
   state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
                                   batch_stats=variables['batch_stats'],
                                   tx=train.make_optimizer(config, schedule))

@@ -11,7 +11,7 @@ from jaxretrieval.models.spec import model_experts
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.evaluation import eval_queries
 from jaxretrieval.metrics import retrieval_metrics
-from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
+from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
 
 
 def _split(n=6, captions=3, tokens=4, seed=0):
@@ -32,9 +32,7 @@ def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   model = RetrievalModel(spec)
   data = _split()
   table = jnp.asarray(np.random.default_rng(1).normal(size=(50, 300)), jnp.float32)
-  sample = {'experts': {'vggish': jnp.zeros((2, 5, 128))}, 'availability': jnp.ones((2, 1)),
-            'text': jnp.zeros((2, 4, 300))}
-  variables = model.init(jax.random.key(0), sample, train=False)
+  variables = model.init(jax.random.key(0), dummy_inputs(spec), train=False)
   embedder = Embedder(model, chunk=8)
   seen = []
   text_fn = embedder._text

@@ -7,6 +7,7 @@ from jaxretrieval.models.gating import (ContextGating, ContextGatingReasoning, G
 from jaxretrieval.models.layers import BatchNorm, Linear, l2_normalize, mish
 from jaxretrieval.models.moee import MixtureOfEmbeddedExperts
 from jaxretrieval.models.netvlad import NetVLAD
-from jaxretrieval.models.retrieval import (ExpertSpec, MissingExpertsError, ModelSpec,
-                                           RetrievalModel, check_availability)
-from jaxretrieval.models.similarity import mixture_similarity
+from jaxretrieval.models.retrieval import (Batch, ExpertSpec, MissingExpertsError, ModelSpec,
+                                           RetrievalModel, abstract_variables,
+                                           check_availability, dummy_inputs)
+from jaxretrieval.models.similarity import item_side, mixture_similarity, query_side

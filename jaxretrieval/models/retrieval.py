@@ -1,9 +1,12 @@
 """The retrieval model: expert pooling, text tower, audio head and similarity (REFERENCE §2)."""
 
+from collections.abc import Mapping
 import dataclasses
 from typing import Sequence
 
+from flax import struct
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -78,14 +81,47 @@ class ModelSpec:
     return (self.shared_dim,) * len(self.experts)
 
 
-class RetrievalModel(nn.Module):
-  """Text-audio retrieval model of the paper (the reference's `CENet`).
+@struct.dataclass
+class Batch:
+  """The inputs of a RetrievalModel.
 
-  Batch conventions: `experts[e]` is `[B, T_e, D_e]` (vlad) or `[B, D_e]` (avg);
-  `availability` `[B, M]` in expert order; `text` `[Q, T_text, 300]` (one row per caption);
+  `experts[e]` is `[B, T_e, D_e]` (vlad) or `[B, D_e]` (avg); `availability` `[B, M]` in the
+  model's expert order; `text` `[Q, T_text, 300]` word vectors (one row per caption).
   `row_mask` `[B]` / `text_row_mask` `[Q]` mark the real rows of a padded batch, keeping
-  padding out of the BatchNorm statistics; lengths are only read when `spec.use_mask`.
+  padding out of the BatchNorm statistics (None: every row is real); the lengths (real
+  frames / tokens) are only read when `spec.use_mask`.
   """
+  experts: dict[str, Array]
+  availability: Array
+  text: Array
+  expert_lengths: dict[str, Array] | None = None
+  text_lengths: Array | None = None
+  row_mask: Array | None = None
+  text_row_mask: Array | None = None
+
+
+def dummy_inputs(spec: ModelSpec, batch_size: int = 2,
+                 tokens: Mapping[str, int] | None = None) -> Batch:
+  """A Batch of zeros for a model of `spec` (what `init` needs: only shapes matter).
+  `tokens` gives the frames of each temporal expert and the text's tokens (default 2)."""
+  tokens = tokens or {}
+  frames = lambda name: tokens.get(name, 2)
+  return Batch(
+      experts={e.name: jnp.zeros((batch_size, frames(e.name), e.dim) if e.temporal == 'vlad'
+                                 else (batch_size, e.dim)) for e in spec.experts},
+      availability=jnp.ones((batch_size, len(spec.experts))),
+      text=jnp.zeros((batch_size, frames('text'), spec.text_dim)))
+
+
+def abstract_variables(spec: ModelSpec) -> dict:
+  """Shapes and dtypes of the variables ({'params', 'batch_stats'}) of a model of `spec`;
+  nothing is computed or allocated."""
+  return jax.eval_shape(lambda: RetrievalModel(spec).init(jax.random.key(0), dummy_inputs(spec),
+                                                          train=False))
+
+
+class RetrievalModel(nn.Module):
+  """Text-audio retrieval model of the paper (the reference's `CENet`); inputs: `Batch`."""
   spec: ModelSpec
   axis_name: str | None = None
   dtype: Dtype = jnp.float32
@@ -133,19 +169,17 @@ class RetrievalModel(nn.Module):
     embeddings = {e: self.text_gu[e](vlad, train, row_mask) for e in self.spec.expert_names}
     return embeddings, weights
 
-  def embed(self, batch: dict, train: bool):
-    """Both towers on a batch dict (keys as in `__call__`'s arguments)."""
-    audio = self.encode_audio(batch['experts'], batch['availability'], train,
-                              batch.get('row_mask'), batch.get('expert_lengths'))
-    text, weights = self.encode_text(batch['text'], train, batch.get('text_row_mask'),
-                                     batch.get('text_lengths'))
+  def embed(self, batch: Batch, train: bool):
+    """Both towers: (text embeddings, mixture weights, audio embeddings)."""
+    audio = self.encode_audio(batch.experts, batch.availability, train, batch.row_mask,
+                              batch.expert_lengths)
+    text, weights = self.encode_text(batch.text, train, batch.text_row_mask, batch.text_lengths)
     return text, weights, audio
 
-  def __call__(self, batch: dict, train: bool) -> Array:
+  def __call__(self, batch: Batch, train: bool) -> Array:
     """Similarity matrix `[Q, B]` between the batch's captions and items."""
     text, weights, audio = self.embed(batch, train)
-    return mixture_similarity(text, weights, audio, batch['availability'],
-                              self.spec.expert_names)
+    return mixture_similarity(text, weights, audio, batch.availability, self.spec.expert_names)
 
 
 class MissingExpertsError(ValueError):

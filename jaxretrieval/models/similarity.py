@@ -24,11 +24,24 @@ def mixture_similarity(text: dict[str, Array], weights: Array, audio: dict[str, 
     `[Q, N]` similarities. An item with no available expert gives NaN (0/0), as in the
     reference; callers check availability first (see `check_availability`).
   """
-  weights = weights.astype(jnp.float32)
-  avail = availability.astype(jnp.float32)
   # One fused matmul: sum_i (w_i T_i) . (a_i E_i) == sum_i w_i a_i cos_i.
-  lhs = jnp.concatenate([weights[:, i:i + 1] * text[e].astype(jnp.float32)
-                         for i, e in enumerate(names)], axis=-1)  # [Q, sum d_e]
-  rhs = jnp.concatenate([avail[:, i:i + 1] * audio[e].astype(jnp.float32)
-                         for i, e in enumerate(names)], axis=-1)  # [N, sum d_e]
-  return (lhs @ rhs.T) / (weights @ avail.T)
+  lhs = query_side(text, weights, names)
+  rhs = item_side(audio, availability, names)
+  return (lhs @ rhs.T) / (weights.astype(jnp.float32) @ availability.astype(jnp.float32).T)
+
+
+def query_side(text: dict[str, Array], weights: Array, names: Sequence[str]) -> Array:
+  """`[Q, sum d_e]`: each expert's query embedding scaled by the query's weight of it, side
+  by side in the order `names` (the query side of the fused similarity)."""
+  weights = weights.astype(jnp.float32)
+  return jnp.concatenate([weights[:, i:i + 1] * text[e].astype(jnp.float32)
+                          for i, e in enumerate(names)], axis=-1)
+
+
+def item_side(audio: dict[str, Array], availability: Array, names: Sequence[str]) -> Array:
+  """`[N, sum d_e]`: each item's expert embeddings side by side in the order `names`, zero
+  for the experts it lacks (the item side of the fused similarity; what a search index
+  stores). Then `S = query_side @ item_side.T / (weights @ availability.T)`."""
+  avail = availability.astype(jnp.float32)
+  return jnp.concatenate([avail[:, i:i + 1] * audio[e].astype(jnp.float32)
+                          for i, e in enumerate(names)], axis=-1)

@@ -21,9 +21,9 @@ from jaxretrieval.embedding import Embedder
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.features.release_writer import folder_reader
-from jaxretrieval.models import RetrievalModel
+from jaxretrieval.models import RetrievalModel, abstract_variables
 from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix
-from jaxretrieval.search.store import variable_shapes, write_shard
+from jaxretrieval.search.store import write_shard
 from jaxretrieval.text import WordVectors
 
 
@@ -40,7 +40,7 @@ def load_workdir(workdir: pathlib.Path):
   """(config, spec, variables) of a workdir's best checkpoint."""
   config, spec = load_config(workdir)
   _, variables = checkpointing.restore_best_model(checkpointing.manager(workdir),
-                                                 variable_shapes(spec), f'indexing with {workdir}')
+                                                 abstract_variables(spec), f'indexing with {workdir}')
   return config, spec, variables
 
 

@@ -32,11 +32,9 @@ import uuid
 from absl import logging
 from flax import serialization
 from flax import traverse_util
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
+from jaxretrieval.models import ExpertSpec, ModelSpec, abstract_variables
 from jaxretrieval.text import WordVectors
 
 REBUILD = 'rebuild the index with `python -m jaxretrieval.search.index`'
@@ -45,15 +43,6 @@ SHARD_FILES = ('embeddings.npy', 'availability.npy', 'items.json')
 
 class IndexFileError(ValueError):
   """A file of an index is unreadable or does not match the rest of the index."""
-
-
-def variable_shapes(spec: ModelSpec) -> dict:
-  """The shapes and dtypes of the variables of a model with `spec` (nothing is computed)."""
-  sample = {'experts': {e.name: jnp.zeros((1, 2, e.dim) if e.temporal == 'vlad' else (1, e.dim))
-                        for e in spec.experts},
-            'availability': jnp.ones((1, len(spec.experts))),
-            'text': jnp.zeros((1, 2, spec.text_dim))}
-  return jax.eval_shape(lambda: RetrievalModel(spec).init(jax.random.key(0), sample, train=False))
 
 
 def contained(path: str, roots: list[str]) -> pathlib.Path | None:
@@ -348,7 +337,7 @@ def _check_items(path: pathlib.Path, items, n: int) -> None:
 
 def _check_variables(path: pathlib.Path, variables, spec: ModelSpec) -> None:
   """The restored variables have exactly the names and shapes of the model in meta.json."""
-  want = traverse_util.flatten_dict(variable_shapes(spec), sep='/')
+  want = traverse_util.flatten_dict(abstract_variables(spec), sep='/')
   got = traverse_util.flatten_dict(variables, sep='/') if isinstance(variables, dict) else {}
   for name in sorted(set(want) | set(got)):
     shape = np.shape(got[name]) if name in got else None

@@ -12,13 +12,12 @@ import re
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval import checkpointing
 from jaxretrieval.torch_import.torch_pickle import Opaque, load_pth
 from jaxretrieval.data.registry import EXPERTS_BY_REFERENCE_NAME as BY_REF_NAME
-from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
+from jaxretrieval.models import ExpertSpec, ModelSpec, abstract_variables
 
 # Keys the reference itself deletes when loading old checkpoints (REFERENCE §3.3).
 _LEGACY_PREFIXES = ('ce.moe_fc_bottleneck1.', 'ce.moe_cg.', 'ce.moe_fc_proj.')
@@ -170,18 +169,6 @@ def flax_location(key: str, value: np.ndarray, spec: ModelSpec):
   if leaf in ('bias', 'clusters', 'clusters2'):
     return 'params', path + (leaf,), value
   raise CheckpointMismatch(f'state_dict key {key!r}: unknown tensor kind {leaf!r}')
-
-
-def abstract_variables(spec: ModelSpec) -> dict:
-  """Shapes of the Flax variables of `spec` (no allocation)."""
-  model = RetrievalModel(spec)
-  batch = {
-      'experts': {e.name: jnp.zeros((2, 3, e.dim) if e.temporal == 'vlad' else (2, e.dim))
-                  for e in spec.experts},
-      'availability': jnp.ones((2, len(spec.experts))),
-      'text': jnp.zeros((2, 3, spec.text_dim)),
-  }
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), batch, train=False))
 
 
 def convert_state_dict(state_dict: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxretrieval.models.spec import model_experts
-from jaxretrieval.models import (MissingExpertsError, ModelSpec, RetrievalModel,
+from jaxretrieval.models import (Batch, MissingExpertsError, ModelSpec, RetrievalModel,
                                  check_availability, mixture_similarity)
 from tests.reference_checkpoint import reference_keys
 
@@ -33,13 +33,12 @@ PAPER_COUNTS = [
 def _batch(spec, b=3, t=4, q=None, seed=0):
   rng = np.random.default_rng(seed)
   q = b if q is None else q
-  return {
-      'experts': {e.name: jnp.asarray(rng.normal(size=(b, t, e.dim) if e.temporal == 'vlad'
-                                                 else (b, e.dim)), jnp.float32)
-                  for e in spec.experts},
-      'availability': jnp.ones((b, len(spec.experts))),
-      'text': jnp.asarray(rng.normal(size=(q, 5, spec.text_dim)), jnp.float32),
-  }
+  return Batch(
+      experts={e.name: jnp.asarray(rng.normal(size=(b, t, e.dim) if e.temporal == 'vlad'
+                                              else (b, e.dim)), jnp.float32)
+               for e in spec.experts},
+      availability=jnp.ones((b, len(spec.experts))),
+      text=jnp.asarray(rng.normal(size=(q, 5, spec.text_dim)), jnp.float32))
 
 
 def _count(spec):
@@ -97,13 +96,12 @@ def test_missing_expert_is_zeroed_and_excluded():
   variables = model.init(jax.random.key(0), batch, train=False)
   avail = np.ones((3, 2), np.float32)
   avail[1, 0] = 0.0
-  nan_batch = dict(batch, availability=jnp.asarray(avail))
-  nan_batch['experts'] = dict(batch['experts'])
-  nan_batch['experts']['vggish'] = batch['experts']['vggish'].at[1].set(jnp.nan)
+  vggish = batch.experts['vggish']
+  nan_batch = batch.replace(availability=jnp.asarray(avail),
+                            experts={**batch.experts, 'vggish': vggish.at[1].set(jnp.nan)})
   sims = np.asarray(model.apply(variables, nan_batch, train=False))
   assert np.all(np.isfinite(sims))
-  zero_batch = dict(nan_batch, experts=dict(nan_batch['experts']))
-  zero_batch['experts']['vggish'] = batch['experts']['vggish'].at[1].set(0.0)
+  zero_batch = nan_batch.replace(experts={**batch.experts, 'vggish': vggish.at[1].set(0.0)})
   np.testing.assert_allclose(sims, model.apply(variables, zero_batch, train=False), atol=1e-6)
 
 
@@ -140,8 +138,8 @@ def test_row_mask_keeps_padding_out_of_training_statistics():
   full = _batch(spec, b=5, seed=3)
   variables = model.init(jax.random.key(0), full, train=False)
   sub = jax.tree.map(lambda x: x[:3], full)
-  padded = dict(full, row_mask=jnp.asarray([1, 1, 1, 0, 0]),
-                text_row_mask=jnp.asarray([1, 1, 1, 0, 0]))
+  padded = full.replace(row_mask=jnp.asarray([1, 1, 1, 0, 0]),
+                        text_row_mask=jnp.asarray([1, 1, 1, 0, 0]))
   s_pad, u_pad = model.apply(variables, padded, train=True, mutable=['batch_stats'])
   s_sub, u_sub = model.apply(variables, sub, train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(np.asarray(s_pad)[:3, :3], s_sub, atol=2e-5)

@@ -16,7 +16,7 @@ from jaxretrieval.torch_import import convert
 from jaxretrieval.torch_import.torch_pickle import TorchFileError, load_pth
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.torch_import.importer import config_from_reference, import_checkpoint
-from jaxretrieval.models import RetrievalModel
+from jaxretrieval.models import Batch, RetrievalModel
 from tests.reference_checkpoint import (REF_EXPERTS, random_state_dict, reference_config,
                                         reference_keys, write_reference_checkpoint)
 from tests.reference_numpy import ReferenceCENet, ranger_steps
@@ -67,9 +67,9 @@ def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, v
   model = RetrievalModel(spec)
   reference = ReferenceCENet(state_dict, modalities, variant)
   experts, ind, text = _inputs(modalities)
-  batch = {'experts': {convert.short_name(m): jnp.asarray(x) for m, x in experts.items()},
-           'availability': jnp.asarray(np.stack([ind[m] for m in sorted(modalities)], 1)),
-           'text': jnp.asarray(text)}
+  batch = Batch(experts={convert.short_name(m): jnp.asarray(x) for m, x in experts.items()},
+                availability=jnp.asarray(np.stack([ind[m] for m in sorted(modalities)], 1)),
+                text=jnp.asarray(text))
   variables = restored['model']
   for train in (False, True):
     ours = model.apply(variables, batch, train=train, mutable=['batch_stats'])[0]
