@@ -59,7 +59,7 @@ def worker(out: pathlib.Path) -> None:
   params = jax.tree.leaves(jax.device_get(jax.tree.map(lambda x: x[0], state.params)))
   np.savez(out.with_suffix('.npz'), *params)
   out.write_text(json.dumps({'step_ms': 1000 * seconds, 'first_step_s': compile_s,
-                             'loss': float(np.ravel(metrics['loss'])[0]), **machine()}))
+                             'loss': float(metrics.loss.compute()[0]), **machine()}))
 
 
 def main(argv):

@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Logging and evaluation.
   c.log_every_steps = 50
+  c.profile_steps = 0  # > 0: a jax.profiler trace of that many steps in the workdir (step 10)
   c.eval_chunk = 2048  # items or captions embedded per device call at evaluation
   return registry.configure(c, c.dataset)
 

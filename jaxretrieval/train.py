@@ -25,8 +25,10 @@ from typing import Any
 
 from absl import logging
 from clu import metric_writers
+from clu import metrics as clu_metrics
 from clu import periodic_actions
 from flax import jax_utils
+from flax import struct
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -55,6 +57,32 @@ MODEL_SELECTIONS = ('best_val', 'last_epoch')
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+
+@struct.dataclass
+class FirstNonFiniteStep(clu_metrics.Metric):
+  """The first step (1-based) whose loss was NaN or Inf; NEVER when every loss was finite."""
+  step: jax.Array
+  NEVER = np.iinfo(np.int32).max
+
+  @classmethod
+  def from_model_output(cls, loss: jax.Array, step: jax.Array, **_) -> 'FirstNonFiniteStep':
+    return cls(jnp.where(jnp.isfinite(loss), cls.NEVER, step).astype(jnp.int32))
+
+  def merge(self, other: 'FirstNonFiniteStep') -> 'FirstNonFiniteStep':
+    return type(self)(jnp.minimum(self.step, other.step))
+
+  def compute(self) -> jax.Array:
+    return self.step
+
+
+@struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  """Per-step training metrics, merged on the device between two logs (no host sync)."""
+  loss: clu_metrics.Average.from_output('loss')
+  learning_rate: clu_metrics.Average.from_output('learning_rate')
+  grad_norm: clu_metrics.Average.from_output('grad_norm')
+  first_nonfinite_step: FirstNonFiniteStep
 
 
 def expert_dims(builder) -> dict[str, tuple[int, str]]:
@@ -162,7 +190,7 @@ def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array | Non
 
 def train_step(state: TrainState, batch: dict, word_table: jax.Array | None, *,
                model: RetrievalModel | mmt.MMT, loss_config, schedule,
-               seed: int = 0) -> tuple[TrainState, dict]:
+               seed: int = 0) -> tuple[TrainState, TrainMetrics]:
   """One optimisation step on this device's shard of the global batch. Dropout (MMT's) draws
   from `seed` folded with the step and the device."""
   dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
@@ -171,8 +199,9 @@ def train_step(state: TrainState, batch: dict, word_table: jax.Array | None, *,
                                             model=model, loss_config=loss_config,
                                             dropout_key=dropout_key)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {'loss': loss, 'learning_rate': schedule(state.step),
-             'grad_norm': optax.tree.norm(grads)}
+  metrics = TrainMetrics.single_from_model_output(
+      loss=loss, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads),
+      step=state.step + 1)
   return new_state, metrics
 
 
@@ -501,19 +530,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   total_steps = run.steps_per_epoch * config.num_epochs
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
+  hooks = [progress]
+  if primary and config.profile_steps:
+    hooks.append(periodic_actions.Profile(logdir=str(workdir),
+                                          num_profile_steps=config.profile_steps))
   step = meta.step
   for epoch in range(meta.epoch, config.num_epochs):
-    history, first, started = [], step, time.time()
+    train_metrics, started = None, time.time()
     for batch in run.batches(epoch):
       state, metrics = p_train_step(state, batch)
-      history.append(metrics)
+      train_metrics = metrics if train_metrics is None else train_metrics.merge(metrics)
       step += 1
-      progress(step)
+      for hook in hooks:
+        hook(step)
       if step % config.log_every_steps == 0:
-        writer.write_scalars(step, _logged(history, first, epoch, step, total_steps))
-        history, first = [], step
-    if history:
-      writer.write_scalars(step, _logged(history, first, epoch, step, total_steps))
+        writer.write_scalars(step, _logged(train_metrics, epoch, step, total_steps))
+        train_metrics = None
+    if train_metrics is not None:
+      writer.write_scalars(step, _logged(train_metrics, epoch, step, total_steps))
     with progress.timed('eval'):
       val = run.validate(_variables(state), run.val, config.val_captions)
     score = val['t2a'][SELECTION_METRIC]
@@ -563,26 +597,21 @@ def test_checkpoint(run: Experiment, mngr, writer) -> dict:
   return results
 
 
-def _logged(history: list[dict], first: int, epoch: int, step: int, total: int) -> dict:
-  means = _metrics_finite(history, first + 1, epoch)
+def _logged(train_metrics: TrainMetrics, epoch: int, step: int, total: int) -> dict:
+  """The means since the last log (fetched now: the training loop's only host sync), as
+  TensorBoard scalars; stops at a NaN/Inf loss. `epoch` (0-based) is the epoch being
+  trained: the checkpoints hold the epochs before it."""
+  means = {k: float(v) for k, v in jax_utils.unreplicate(train_metrics).compute().items()}
+  bad_step = int(means.pop('first_nonfinite_step'))
+  if bad_step != FirstNonFiniteStep.NEVER:
+    kept = (f'the checkpoint of epoch {epoch} is kept and a rerun resumes from it' if epoch
+            else 'no checkpoint was written (it diverged in the first epoch)')
+    raise FloatingPointError(
+        f'training loss is {means["loss"]} at step {bad_step} (epoch {epoch + 1}); stopped: '
+        f'{kept}. A lower config.optimizer.learning_rate may help.')
   logging.info('step %d/%d (epoch %d): loss %.4f lr %.3g', step, total, epoch + 1,
                means['loss'], means['learning_rate'])
   return {f'train/{k}': v for k, v in means.items()}
-
-
-def _metrics_finite(history: list[dict], first_step: int, epoch: int) -> dict:
-  """Means of per-step metrics (fetched now: the only host sync); stops at a NaN/Inf loss.
-  `epoch` (0-based) is the epoch being trained: the checkpoints hold the epochs before it."""
-  fetched = jax.device_get(history)
-  for i, m in enumerate(fetched):
-    loss = float(np.ravel(m['loss'])[0])
-    if not np.isfinite(loss):
-      kept = (f'the checkpoint of epoch {epoch} is kept and a rerun resumes from it' if epoch
-              else 'no checkpoint was written (it diverged in the first epoch)')
-      raise FloatingPointError(
-          f'training loss is {loss} at step {first_step + i} (epoch {epoch + 1}); stopped: '
-          f'{kept}. A lower config.optimizer.learning_rate may help.')
-  return {k: float(np.mean([np.ravel(m[k])[0] for m in fetched])) for k in fetched[0]}
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:

@@ -46,7 +46,7 @@ def one_step(config, batch_size=4):
   new_state, metrics = step(jax_utils.replicate(state), jax.tree.map(lambda x: x[None], batch),
                             jax_utils.replicate(table))
   after = jax.tree.leaves(jax_utils.unreplicate(new_state).params)[0]
-  return spec, float(metrics['loss'][0]), not np.array_equal(before, after)
+  return spec, float(metrics.loss.compute()[0]), not np.array_equal(before, after)
 
 
 @pytest.mark.parametrize('name', CONFIGS)

@@ -32,10 +32,6 @@ class ExpertSpec:
   temporal: str = 'vlad'
   clusters: int = 16
 
-  @property
-  def pooled_dim(self) -> int:
-    return self.dim * self.clusters if self.temporal == 'vlad' else self.dim
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:

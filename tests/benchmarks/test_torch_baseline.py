@@ -67,7 +67,7 @@ def test_same_weights_same_loss_over_seven_training_steps(variant):
     theirs = torch_baseline.train_step(
         reference, optimizer, {'experts': {m: torch.from_numpy(x) for m, x in experts.items()},
                                'ind': torch.from_numpy(ind), 'text': torch.from_numpy(text)})
-    np.testing.assert_allclose(float(metrics['loss'][0]), theirs, atol=1e-5, err_msg=f'step {i}')
+    np.testing.assert_allclose(float(metrics.loss.compute()[0]), theirs, atol=1e-5, err_msg=f'step {i}')
   # The weights and BatchNorm statistics after the seven steps agree too.
   theirs = convert.convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()},
                                       spec)
