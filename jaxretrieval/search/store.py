@@ -334,22 +334,22 @@ def _load_shard(directory: pathlib.Path, prefix: str, n: int, spec: ModelSpec):
 def _load_thumbnails(directory: pathlib.Path, prefix: str, n: int) -> ThumbnailPack:
   """One shard's thumbnails, checked: n + 1 non-decreasing offsets from 0 to the size of the
   .bin file, each non-empty item starting with the PNG signature."""
-  bin_file = directory / f'{prefix}thumbnails.bin'
-  offsets = _read(directory / f'{prefix}thumbnails.npy', np.load)
-  data = _read(bin_file, lambda p: np.fromfile(p, np.uint8, count=0) if not p.stat().st_size
-               else np.memmap(p, np.uint8, 'r'))
-  sizes = np.diff(offsets) if offsets.ndim == 1 else np.zeros(0)
-  ok = (offsets.shape == (n + 1,) and offsets.dtype == np.int64 and offsets[0] == 0
-        and offsets[-1] == len(data) and (sizes >= 0).all())
-  signature = np.frombuffer(PNG_SIGNATURE, np.uint8)
-  if ok and (sizes > 0).any():
-    ok = (sizes[sizes > 0] >= len(signature)).all() and (
-        data[offsets[:-1][sizes > 0, None] + np.arange(len(signature))] == signature).all()
-  if not ok:
-    raise IndexFileError(f'{directory / f"{prefix}thumbnails.npy"}: expected {n + 1} '
-                         f'non-decreasing int64 offsets from 0 to the size of {bin_file.name}, '
-                         f'each non-empty item a PNG; found {offsets.dtype} {offsets.shape}; the '
-                         f'files are truncated or come from different indexes: {REBUILD}')
+  offsets_file, bin_file = (directory / f'{prefix}{f}' for f in THUMBNAIL_FILES)
+  offsets = _read(offsets_file, np.load)
+  data = _read(bin_file, lambda p: np.memmap(p, np.uint8, 'r') if p.stat().st_size
+               else np.zeros(0, np.uint8))
+  if not (offsets.shape == (n + 1,) and offsets.dtype == np.int64 and offsets[0] == 0
+          and (np.diff(offsets) >= 0).all()):
+    raise IndexFileError(f'{offsets_file}: {offsets.dtype} array of shape {offsets.shape}, '
+                         f'expected {n + 1} non-decreasing int64 offsets from 0 (meta.json '
+                         f'lists {n} items); the files come from different indexes: {REBUILD}')
+  sizes = np.diff(offsets)
+  heads = offsets[:-1][sizes > 0, None] + np.arange(len(PNG_SIGNATURE))
+  if offsets[-1] != len(data) or (sizes[sizes > 0] < len(PNG_SIGNATURE)).any() or (
+      data[heads] != np.frombuffer(PNG_SIGNATURE, np.uint8)).any():
+    raise IndexFileError(f'{bin_file}: {len(data)} bytes, but {offsets_file.name} indexes '
+                         f'{offsets[-1]} bytes of PNG thumbnails; the file is truncated or '
+                         f'corrupt: {REBUILD}')
   return ThumbnailPack(offsets, data)
 
 
