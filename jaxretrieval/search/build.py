@@ -3,8 +3,10 @@ and grows or shrinks one: `add_to_index` embeds only the new items into a new sh
 `remove_from_index` rewrites only the shards that lose items; both then swap the manifest
 atomically (`store.commit`)."""
 
+import concurrent.futures
 import dataclasses
 import json
+import os
 import pathlib
 import time
 
@@ -88,19 +90,20 @@ def progress(iterable, total: int, what: str, every_s: float = 10.0):
   """Yields from `iterable`, logging `what`: done/total items, items/s and ETA every
   `every_s` seconds and once at the end (a million items take tens of minutes)."""
   start = last = time.monotonic()
-  done = 0
+  done = reported = 0
 
   def report():
     elapsed = max(time.monotonic() - start, 1e-9)
-    eta = f', ETA {(total - done) * elapsed / done:.0f} s' if done and done < total else ''
+    eta = f', ETA {(total - done) * elapsed / done:.0f} s' if done < total else ''
     logging.info('%s: %d/%d items, %.1f items/s%s', what, done, total, done / elapsed, eta)
+    return done
   for x in iterable:
     yield x
     done += 1
     if time.monotonic() - last >= every_s:
-      last = time.monotonic()
-      report()
-  report()
+      last, reported = time.monotonic(), report()
+  if reported != done or not done:
+    report()
 
 
 def default_word_vectors(data: str, audio_paths: list[str]) -> pathlib.Path | None:
@@ -155,6 +158,12 @@ def duration(path: str) -> float | None:
     return None
 
 
+def audio_file_summary(path: str) -> tuple[float | None, bytes]:
+  """(duration, PNG thumbnail) of an item's audio file; (None, b'') without a readable one."""
+  seconds = duration(path)
+  return seconds, thumbnails.render(path) if seconds is not None else b''
+
+
 @dataclasses.dataclass
 class Embedded:
   """Items of a data source embedded by the audio tower, with what a result page shows."""
@@ -205,11 +214,11 @@ def embed_source(config, spec, variables, data: str, split: str | None, data_dir
   embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
                                for i, e in enumerate(spec.expert_names)], axis=1)
   check_finite(items.ids, embeddings)
-  durations, pictures = [], []
-  for path in progress(items.audio_paths, len(items.ids), 'Reading durations and drawing '
-                       'thumbnails'):
-    durations.append(duration(path))
-    pictures.append(thumbnails.render(path) if durations[-1] is not None else b'')
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # libsndfile, NumPy
+    # and zlib release the GIL
+    summaries = list(progress(pool.map(audio_file_summary, items.audio_paths), len(items.ids),
+                              'Reading durations and drawing thumbnails'))
+  durations, pictures = [d for d, _ in summaries], [p for _, p in summaries]
   unread = sum(d is None for d, p in zip(durations, items.audio_paths) if p)
   if unread:
     logging.warning('%d of %d audio files of %s could not be read: their duration is not '

@@ -1,10 +1,11 @@
 """Spectrogram thumbnails of sounds, rendered once at index time for the search page.
 
 A thumbnail is a small log-mel spectrogram (time left to right, low frequencies at the
-bottom) in the viridis colour map, encoded as an RGB PNG with NumPy and zlib. Levels are in
-decibels below the clip's loudest cell (a clip quieter than `QUIETEST_DB` keeps that as its
-top, so silence stays uniformly dark), over a `RANGE_DB` dynamic range. Rendering depends
-only on the audio samples, so the same file always gives the same bytes.
+bottom) in the viridis colour map, encoded with NumPy and zlib as a PNG of `STEPS` palette
+colours (a few kilobytes, against about 10 for full RGB: an index stores one per item).
+Levels are in decibels below the clip's loudest cell (a clip quieter than `QUIETEST_DB`
+keeps that as its top, so silence stays uniformly dark), over a `RANGE_DB` dynamic range.
+Rendering depends only on the audio samples, so the same file always gives the same bytes.
 """
 
 import struct
@@ -16,6 +17,7 @@ import soundfile
 from jaxretrieval.features import signal
 
 WIDTH, HEIGHT = 160, 48
+STEPS = 32  # colours of the palette, from silent to loudest
 RANGE_DB = 70.0
 QUIETEST_DB = -60.0  # decibels relative to a full-scale sine
 MAX_SECONDS = 600.0  # longer files are drawn from their first ten minutes
@@ -57,17 +59,24 @@ def colour(values: np.ndarray) -> np.ndarray:
   return np.round(VIRIDIS[low] * (1 - t) + VIRIDIS[low + 1] * t).astype(np.uint8)
 
 
-def png(rgb: np.ndarray) -> bytes:
-  """The PNG bytes of a uint8 `[height, width, 3]` image (no filters, no timestamps)."""
-  height, width, _ = rgb.shape
+def quantise(values: np.ndarray) -> np.ndarray:
+  """The palette index (uint8, 0 to STEPS - 1) of each value in [0, 1]."""
+  return np.round(np.clip(values, 0.0, 1.0) * (STEPS - 1)).astype(np.uint8)
+
+
+def png(values: np.ndarray) -> bytes:
+  """The PNG bytes of `[height, width]` values in [0, 1]: 8-bit palette indices into
+  `STEPS` viridis colours, no filters, no timestamps."""
+  height, width = values.shape
 
   def chunk(kind: bytes, data: bytes) -> bytes:
     return (struct.pack('>I', len(data)) + kind + data
             + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF))
-  rows = np.concatenate([np.zeros((height, 1), np.uint8), rgb.reshape(height, -1)], axis=1)
-  header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-  return (PNG_SIGNATURE + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(rows.tobytes(), 9))
-          + chunk(b'IEND', b''))
+  rows = np.concatenate([np.zeros((height, 1), np.uint8), quantise(values)], axis=1)
+  header = struct.pack('>IIBBBBB', width, height, 8, 3, 0, 0, 0)  # 8-bit palette indices
+  palette = colour(np.arange(STEPS) / (STEPS - 1))
+  return (PNG_SIGNATURE + chunk(b'IHDR', header) + chunk(b'PLTE', palette.tobytes())
+          + chunk(b'IDAT', zlib.compress(rows.tobytes(), 9)) + chunk(b'IEND', b''))
 
 
 def render(path: str) -> bytes:
@@ -82,4 +91,4 @@ def render(path: str) -> bytes:
       sample_rate = f.samplerate
   except (RuntimeError, OSError):  # soundfile.LibsndfileError: missing or unreadable
     return b''
-  return png(colour(levels(wave.mean(axis=1), sample_rate)))
+  return png(levels(wave.mean(axis=1), sample_rate))
