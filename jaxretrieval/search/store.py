@@ -41,12 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval.models import ExpertSpec, ModelSpec, RetrievalModel
+from jaxretrieval.search.thumbnails import PNG_SIGNATURE
 from jaxretrieval.text import WordVectors
 
 REBUILD = 'rebuild the index with `python -m jaxretrieval.search.index`'
 SHARD_FILES = ('embeddings.npy', 'availability.npy', 'items.json')
 THUMBNAIL_FILES = ('thumbnails.npy', 'thumbnails.bin')
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 class IndexFileError(ValueError):
