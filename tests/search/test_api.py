@@ -129,3 +129,19 @@ def test_a_features_folder_s_captions_reach_the_index(tiny_workdir, tmp_path):
   shown = format_result(result)
   for caption in captions['beeper'] + captions['hisser']:
     assert f'"{caption}"' in shown
+
+
+def test_a_tfds_dataset_and_its_features_folder_index_alike(tiny_workdir, tiny_index, tmp_path):
+  """SynthCaps writes its downloads as a features folder: indexed from there, its test split
+  has the captions, durations and thumbnails the TFDS dataset's index has."""
+  from jaxretrieval.search.build import build_index
+  folder = synthcaps_words(tiny_workdir).parent
+  from_folder = build_index(str(tiny_workdir), str(tmp_path / 'index'), data=str(folder),
+                            split='test')
+  from_tfds = Searcher.load(tiny_index).store
+  row = {i: r for r, i in enumerate(from_folder.ids)}
+  assert sorted(row) == sorted(from_tfds.ids)
+  for r, i in enumerate(from_tfds.ids):
+    assert from_folder.captions[row[i]] == from_tfds.captions[r] and from_tfds.captions[r]
+    assert from_folder.durations[row[i]] == from_tfds.durations[r]
+    assert from_folder.thumbnail(row[i]) == from_tfds.thumbnail(r) != b''
