@@ -42,10 +42,13 @@ def levels(wave: np.ndarray, sample_rate: int, width: int = WIDTH,
   bank = signal.mel_filterbank(sample_rate, n_fft, height, 0.0, sample_rate / 2.0)
   # Scaled so that a full-scale sine peaks near 0 dB (the window's gain at one frequency).
   gain = (np.hanning(n_fft + 2)[1:-1].sum() / 2.0) ** 2
-  mel = signal.power_spectrum(frames, n_fft) @ bank / gain  # [frames, height]
-  starts = np.floor(np.arange(width) * len(mel) / width).astype(np.int64)
-  counts = np.maximum(np.diff(np.append(starts, len(mel))), 1)
-  columns = np.add.reduceat(mel, starts, axis=0) / counts[:, None]  # [width, height]
+  power = signal.power_spectrum(frames, n_fft)  # [frames, bins]
+  starts = np.floor(np.arange(width) * len(power) / width).astype(np.int64)
+  counts = np.maximum(np.diff(np.append(starts, len(power))), 1)
+  # Frames averaged into columns before the (linear) mel filters: [width, height]. einsum,
+  # not a BLAS matmul: BLAS threads contend with the threads drawing other thumbnails.
+  columns = np.einsum('tf,fm->tm', np.add.reduceat(power, starts, axis=0) / counts[:, None],
+                      bank) / gain
   db = 10.0 * np.log10(np.maximum(columns, 10.0 ** ((QUIETEST_DB - RANGE_DB) / 10.0)))
   top = max(float(db.max()), QUIETEST_DB)
   return np.clip((db - (top - RANGE_DB)) / RANGE_DB, 0.0, 1.0).T[::-1]
