@@ -260,6 +260,18 @@ class ReleaseReader:
       example['captions'], example['caption_vectors'] = self._text(item)
       yield item, example
 
+  def item_captions(self, item: str) -> list[str]:
+    """The captions of `item` as texts, [] when it has none: a features folder holds captions
+    only for the items its CSV described (none without --captions)."""
+    table = self.release.captions
+    if not ((self.root / table).is_file() or find_shards(self.root / table)):
+      return []
+    try:
+      return [caption_text(c) for c in self._load(table).get(item, [])]
+    except UnicodeDecodeError as e:
+      raise ReleaseFileError(f'{self.dataset}: item {item} of {table} has a caption token that '
+                             f'is not UTF-8 text ({e}); fix or remove that caption') from e
+
   def _audio_path(self, item: str) -> str:
     """Absolute path of the item's audio file where the release lists one, else ''."""
     if self.release.audio_files is None:

@@ -3,9 +3,12 @@ and grows or shrinks one: `add_to_index` embeds only the new items into a new sh
 `remove_from_index` rewrites only the shards that lose items; both then swap the manifest
 atomically (`store.commit`)."""
 
+import concurrent.futures
 import dataclasses
 import json
+import os
 import pathlib
+import time
 
 from absl import logging
 from flax import jax_utils
@@ -22,8 +25,10 @@ from jaxretrieval.models.spec import model_spec
 from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.models import RetrievalModel, abstract_variables
+from jaxretrieval.search import thumbnails
 from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix
-from jaxretrieval.search.store import write_shard
+from jaxretrieval.search.store import ThumbnailPack, write_shard
+from jaxretrieval.search.store import write_thumbnails
 from jaxretrieval.text import WordVectors
 
 
@@ -45,6 +50,7 @@ def load_workdir(workdir: pathlib.Path):
 
 
 def _folder_examples(folder: pathlib.Path, split: str | None):
+  """(examples with their captions where the folder has them, number of items)."""
   if not (folder / 'audio_files.json').is_file():
     raise ValueError(f'{folder} is not a folder written by `python -m jaxretrieval.features`; '
                      'for a released dataset, build its TFDS dataset and pass its name')
@@ -52,8 +58,13 @@ def _folder_examples(folder: pathlib.Path, split: str | None):
   split = split or ('all' if 'all' in splits else None)
   chosen = [split] if split else splits
   reader = folder_reader(folder, splits, DIMS)
-  for s in chosen:
-    yield from reader.audio_examples(s)
+
+  def examples():
+    for s in chosen:
+      for item, example in reader.audio_examples(s):
+        example['captions'] = reader.item_captions(item)
+        yield item, example
+  return examples(), sum(len(reader.split_ids(s)) for s in chosen)
 
 
 def _tfds_builder(name: str, data_dir: str):
@@ -65,9 +76,34 @@ def _tfds_builder(name: str, data_dir: str):
 
 
 def _tfds_examples(builder, split: str | None):
-  for s in [split] if split else list(builder.info.splits):
-    for example in tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False)):
-      yield example['id'].decode(), example
+  """(examples, number of items)."""
+  chosen = [split] if split else list(builder.info.splits)
+
+  def examples():
+    for s in chosen:
+      for example in tfds.as_numpy(builder.as_dataset(split=s, shuffle_files=False)):
+        yield example['id'].decode(), example
+  return examples(), sum(builder.info.splits[s].num_examples for s in chosen)
+
+
+def progress(iterable, total: int, what: str, every_s: float = 10.0):
+  """Yields from `iterable`, logging `what`: done/total items, items/s and ETA every
+  `every_s` seconds and once at the end (a million items take tens of minutes)."""
+  start = last = time.monotonic()
+  done = reported = 0
+
+  def report():
+    elapsed = max(time.monotonic() - start, 1e-9)
+    eta = f', ETA {(total - done) * elapsed / done:.0f} s' if done < total else ''
+    logging.info('%s: %d/%d items, %.1f items/s%s', what, done, total, done / elapsed, eta)
+    return done
+  for x in iterable:
+    yield x
+    done += 1
+    if time.monotonic() - last >= every_s:
+      last, reported = time.monotonic(), report()
+  if reported != done or not done:
+    report()
 
 
 def default_word_vectors(data: str, audio_paths: list[str]) -> pathlib.Path | None:
@@ -122,6 +158,12 @@ def duration(path: str) -> float | None:
     return None
 
 
+def audio_file_summary(path: str) -> tuple[float | None, bytes]:
+  """(duration, PNG thumbnail) of an item's audio file; (None, b'') without a readable one."""
+  seconds = duration(path)
+  return seconds, thumbnails.render(path) if seconds is not None else b''
+
+
 @dataclasses.dataclass
 class Embedded:
   """Items of a data source embedded by the audio tower, with what a result page shows."""
@@ -131,21 +173,22 @@ class Embedded:
   durations: list[float | None]
   embeddings: np.ndarray  # [N, sum d_e], zero blocks for missing experts
   availability: np.ndarray  # [N, M]
+  thumbnails: ThumbnailPack | None  # None when no item has a readable audio file
 
 
 def _source(data: str, split: str | None, data_dir: str | None, config):
-  """(examples, default audio root) of a TFDS name or a features folder."""
+  """(examples, number of items, default audio root) of a TFDS name or a features folder."""
   if pathlib.Path(data).is_dir():
-    return _folder_examples(pathlib.Path(data), split), pathlib.Path(data)
+    return *_folder_examples(pathlib.Path(data), split), pathlib.Path(data)
   builder = _tfds_builder(data, config.data_dir if data_dir is None else data_dir)
-  return _tfds_examples(builder, split), pathlib.Path(builder.data_dir_root) / 'downloads'
+  return *_tfds_examples(builder, split), pathlib.Path(builder.data_dir_root) / 'downloads'
 
 
 def embed_source(config, spec, variables, data: str, split: str | None, data_dir: str | None,
                  audio_roots: list[str] | None, known_roots: tuple[str, ...] = ()):
   """(Embedded, audio roots) of every item of `data`; audio must lie inside the roots
   (`audio_roots`, default: the data's folder) or `known_roots`."""
-  examples, default_root = _source(data, split, data_dir, config)
+  examples, total, default_root = _source(data, split, data_dir, config)
   roots = list(known_roots) + [str(pathlib.Path(r).resolve()) for r in
                                audio_roots or [default_root]]
   roots = list(dict.fromkeys(roots))
@@ -156,22 +199,33 @@ def embed_source(config, spec, variables, data: str, split: str | None, data_dir
       captions[item] = [c.decode() if isinstance(c, bytes) else str(c)
                         for c in example.get('captions', [])]
       yield item, example
-  items = splits.load_items(noting_captions(examples), config, spec, data)
+  items = splits.load_items(
+      progress(noting_captions(examples), total, f'Reading the features of {data}'), config,
+      spec, data)
   if len(set(items.ids)) != len(items.ids):
     raise ValueError(f'{data} repeats item ids across splits; index one split (--split)')
   check_audio_paths(items.ids, items.audio_paths, roots)
   embedder = Embedder(RetrievalModel(spec), max(1, config.eval_chunk // jax.local_device_count()))
+  start = time.monotonic()
   audio = embedder.items(jax_utils.replicate(variables), items)
+  seconds = time.monotonic() - start
+  logging.info('Embedded %d items in %.1f s (%.1f items/s)', len(items.ids), seconds,
+               len(items.ids) / max(seconds, 1e-9))
   embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
                                for i, e in enumerate(spec.expert_names)], axis=1)
   check_finite(items.ids, embeddings)
-  durations = [duration(p) for p in items.audio_paths]
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # libsndfile, NumPy
+    # and zlib release the GIL
+    summaries = list(progress(pool.map(audio_file_summary, items.audio_paths), len(items.ids),
+                              'Reading durations and drawing thumbnails'))
+  durations, pictures = [d for d, _ in summaries], [p for _, p in summaries]
   unread = sum(d is None for d, p in zip(durations, items.audio_paths) if p)
   if unread:
     logging.warning('%d of %d audio files of %s could not be read: their duration is not '
                     'shown', unread, len(items.ids), data)
   embedded = Embedded(items.ids, items.audio_paths, [captions.get(i, []) for i in items.ids],
-                      durations, embeddings, items.availability)
+                      durations, embeddings, items.availability,
+                      ThumbnailPack.of(pictures) if any(pictures) else None)
   return embedded, roots
 
 
@@ -199,7 +253,8 @@ def build_index(workdir: str, out: str, data: str | None = None, split: str | No
                      provenance={'workdir': str(pathlib.Path(workdir).absolute()), 'data': data,
                                  'split': split or 'all', 'word_vectors': str(vectors)},
                      captions=items.captions, durations=items.durations,
-                     max_tokens={k: int(v) for k, v in config.max_tokens.items()})
+                     max_tokens={k: int(v) for k, v in config.max_tokens.items()},
+                     thumbnails=[items.thumbnails])
   store.save(out)
   logging.info('Indexed %d items of %s into %s', len(store), data, out)
   return store
@@ -233,11 +288,14 @@ def _add(directory, data, workdir, split, data_dir, audio_roots) -> int:
   write_shard(directory, prefix, items.embeddings.astype(store.embeddings.dtype),
               items.availability, {'ids': items.ids, 'audio_paths': items.audio_paths,
                                    'captions': items.captions, 'durations': items.durations})
+  shard = {'prefix': prefix, 'items': len(items.ids)}
+  if items.thumbnails is not None:
+    write_thumbnails(directory, prefix, items.thumbnails)
+    shard['thumbnails'] = True
   store.audio_roots = roots
   store.provenance.setdefault('added', []).append({'data': data, 'split': split or 'all',
                                                    'items': len(items.ids)})
-  commit(directory, store.manifest(store.shards + [{'prefix': prefix,
-                                                    'items': len(items.ids)}]))
+  commit(directory, store.manifest(store.shards + [shard]))
   logging.info('Added %d items of %s to %s (%d in all)', len(items.ids), data, directory,
                len(store) + len(items.ids))
   return len(items.ids)
@@ -272,6 +330,10 @@ def _remove(directory: pathlib.Path, ids: list[str]) -> int:
       write_shard(directory, prefix, np.asarray(store.embeddings[keep]),
                   store.availability[keep], store.items(keep))
       shards.append({'prefix': prefix, 'items': len(keep)})
+      pictures = [store.thumbnail(r) for r in keep]
+      if any(pictures):
+        write_thumbnails(directory, prefix, ThumbnailPack.of(pictures))
+        shards[-1]['thumbnails'] = True
   commit(directory, store.manifest(shards))
   logging.info('Removed %d items from %s (%d left)', len(drop), directory,
                len(store) - len(drop))

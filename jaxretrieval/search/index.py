@@ -13,6 +13,10 @@ released datasets `--word_vectors` is required (word2vec's GoogleNews table, whi
 models were trained with); SynthCaps and features folders made with --captions carry their
 own table.
 
+Each item keeps its captions (a TFDS dataset's, or a features folder's made with
+--captions) and, when its audio file is readable, a spectrogram thumbnail for the search
+page (`thumbnails.py`). Building and `--add` log their progress (items/s, ETA).
+
 `--add` embeds only the new items, with the index's own model (the workdir it was built
 from gives the token limits; `--workdir` names another copy), into a new shard; `--remove`
 rewrites only the shards that lose items (`@FILE` reads one id per line). Both swap the

@@ -28,6 +28,7 @@ def format_result(result) -> str:
     seconds = f'  {hit.duration:.1f} s' if hit.duration is not None else ''
     caption = f'  "{hit.captions[0]}"' if hit.captions else ''
     lines.append(f'{hit.rank:3d}  {hit.score:.4f}  {hit.id}{where}{seconds}{caption}  [{detail}]')
+    lines += [f'{"":13}"{c}"' for c in hit.captions[1:]]  # the item's other captions
   return '\n'.join(lines)
 
 

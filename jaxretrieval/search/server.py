@@ -5,11 +5,13 @@
   GET /api/info              what is indexed: name, item count, model, experts, example queries
   GET /api/search?q=..&k=..  JSON results (400 with {"error": ...} for a bad request)
   GET /audio/<row>           the audio file of an indexed item (Range requests answer 206)
+  GET /thumbnails/<row>      the PNG spectrogram thumbnail of an indexed item
 
 What it guarantees:
-* Only the page, search results and the audio files of indexed items are served, and an
-  audio file only when, with symlinks resolved, it lies inside a collection root recorded
-  when the index was built.
+* Only the page, search results and the audio files and thumbnails of indexed items are
+  served: an audio file only when, with symlinks resolved, it lies inside a collection root
+  recorded when the index was built; a thumbnail only from the index's own thumbnail files,
+  by row (no path is ever read from the request).
 * Bound to a loopback address (the default), it answers only requests whose Host header
   is 127.0.0.1, localhost or [::1] (with any port), so a web page cannot reach it through
   DNS rebinding.
@@ -34,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 import uvicorn
 
@@ -51,6 +53,10 @@ log = logging.getLogger(__name__)
 
 class BadRequest(ValueError):
   pass
+
+
+class NoItem(LookupError):
+  """A path naming no indexed item (answered 404)."""
 
 
 def parse_number(text: str, max_digits: int) -> int | None:
@@ -97,7 +103,8 @@ def result_json(result, store) -> dict:
       'results': [{'rank': h.rank, 'id': h.id, 'score': h.score, 'cosines': h.cosines,
                    'weights': h.weights, 'captions': h.captions, 'duration': h.duration,
                    'name': pathlib.PurePath(h.path).name if h.path else h.id,
-                   'audio': f'/audio/{h.row}' if store.audio_file(h.row) else None}
+                   'audio': f'/audio/{h.row}' if store.audio_file(h.row) else None,
+                   'thumbnail': f'/thumbnails/{h.row}' if store.thumbnail(h.row) else None}
                   for h in result.hits],
   }
 
@@ -122,20 +129,36 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
     del request
     return JSONResponse(description)
 
-  def audio(request: Request) -> FileResponse | JSONResponse:
+  def item_row(request: Request) -> int:
+    """The row named by the path, strictly parsed; 404 unless it is an indexed item."""
     text = request.path_params['row']
     row = parse_number(text, MAX_ROW_DIGITS)
     if row is None or row >= len(store):
-      return JSONResponse({'error': f'no item {text[:20]!r}'}, 404)
+      raise NoItem(f'no item {text[:20]!r}')
+    return row
+
+  def audio(request: Request) -> FileResponse | JSONResponse:
+    row = item_row(request)
     path = store.audio_file(row)
     if path is None:
       return JSONResponse({'error': f'item {store.ids[row]} has no audio file here'}, 404)
     return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0]
                         or 'application/octet-stream')
 
+  def thumbnail(request: Request) -> Response:
+    row = item_row(request)
+    png = store.thumbnail(row)
+    if not png:
+      return JSONResponse({'error': f'item {store.ids[row]} has no thumbnail'}, 404)
+    return Response(png, media_type='image/png')
+
   async def bad_request(request: Request, exc: Exception) -> JSONResponse:
     del request
     return JSONResponse({'error': str(exc)}, 400)
+
+  async def no_item(request: Request, exc: Exception) -> JSONResponse:
+    del request
+    return JSONResponse({'error': str(exc)}, 404)
 
   async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     detail = f'no page {request.url.path[:80]}' if exc.status_code == 404 else exc.detail
@@ -147,9 +170,9 @@ def make_app(engine: SearchEngine, check_host: bool = True) -> Starlette:
                                  www_redirect=False))
   return Starlette(
       routes=[Route('/', page), Route('/api/search', search), Route('/api/info', info),
-              Route('/audio/{row:path}', audio)],
+              Route('/audio/{row:path}', audio), Route('/thumbnails/{row:path}', thumbnail)],
       middleware=middleware,
-      exception_handlers={BadRequest: bad_request, QueryError: bad_request,
+      exception_handlers={BadRequest: bad_request, QueryError: bad_request, NoItem: no_item,
                           HTTPException: http_error})
 
 

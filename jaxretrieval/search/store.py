@@ -12,6 +12,10 @@ index; `shard-<hex>-` for shards written by `--add` and `--remove`):
   availability.npy   [n, M] 1 where the item has the expert
   items.json         ids, audio paths ('' when unknown), captions and durations (seconds,
                      null when unknown)
+  thumbnails.npy     only in shards whose meta.json entry says "thumbnails": true: [n + 1]
+  thumbnails.bin     int64 offsets into the .bin file, which holds the items' PNG spectrogram
+                     thumbnails back to back (item i: bytes offsets[i]:offsets[i + 1], empty
+                     for an item without a readable audio file)
 
 The index changes only by writing new shard files and then replacing meta.json atomically
 (`commit`), so an interrupted `--add` or `--remove` leaves the previous index intact (its
@@ -35,10 +39,12 @@ from flax import traverse_util
 import numpy as np
 
 from jaxretrieval.models import ExpertSpec, ModelSpec, abstract_variables
+from jaxretrieval.search.thumbnails import PNG_SIGNATURE
 from jaxretrieval.text import WordVectors
 
 REBUILD = 'rebuild the index with `python -m jaxretrieval.search.index`'
 SHARD_FILES = ('embeddings.npy', 'availability.npy', 'items.json')
+THUMBNAIL_FILES = ('thumbnails.npy', 'thumbnails.bin')
 
 
 class IndexFileError(ValueError):
@@ -103,6 +109,25 @@ class ShardRows:
     return out.reshape(np.shape(key) + self.shape[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class ThumbnailPack:
+  """The PNG thumbnails of one shard's items, back to back (memory-mapped when loaded)."""
+  offsets: np.ndarray  # [n + 1] int64; item i is data[offsets[i]:offsets[i + 1]]
+  data: np.ndarray  # uint8
+
+  @classmethod
+  def of(cls, pngs: list[bytes]) -> 'ThumbnailPack':
+    offsets = np.cumsum([0] + [len(p) for p in pngs], dtype=np.int64)
+    return cls(offsets, np.frombuffer(b''.join(pngs), np.uint8))
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  def __getitem__(self, i: int) -> bytes:
+    """Item i's PNG, b'' when it has none."""
+    return self.data[self.offsets[i]:self.offsets[i + 1]].tobytes()
+
+
 @dataclasses.dataclass
 class IndexStore:
   spec: ModelSpec
@@ -119,9 +144,11 @@ class IndexStore:
   durations: list[float | None] | None = None  # per item, seconds (default: unknown)
   shards: list[dict] | None = None  # as in meta.json (default: one shard with prefix '')
   max_tokens: dict[str, int] | None = None  # the config's token limits (experts and text)
+  thumbnails: list[ThumbnailPack | None] | None = None  # per shard (default: none)
 
   def __post_init__(self):
     self.shards = [{'prefix': '', 'items': len(self.ids)}] if self.shards is None else self.shards
+    self.thumbnails = [None] * len(self.shards) if self.thumbnails is None else self.thumbnails
     self.captions = [[] for _ in self.ids] if self.captions is None else self.captions
     self.durations = [None] * len(self.ids) if self.durations is None else self.durations
 
@@ -137,6 +164,13 @@ class IndexStore:
     path = contained(self.audio_paths[row], self.audio_roots)
     return path if path is not None and path.is_file() else None
 
+  def thumbnail(self, row: int) -> bytes:
+    """The PNG thumbnail of item `row` (0 <= row < len), b'' when it has none."""
+    starts = np.cumsum([0] + [s['items'] for s in self.shards])
+    shard = int(np.searchsorted(starts, row, side='right')) - 1
+    pack = self.thumbnails[shard]
+    return b'' if pack is None else pack[row - int(starts[shard])]
+
   def save(self, directory: str | pathlib.Path) -> None:
     """Writes the index as one shard with prefix ''."""
     directory = pathlib.Path(directory)
@@ -145,7 +179,11 @@ class IndexStore:
         serialization.to_state_dict(self.variables)))
     self.words.save(directory / 'word_vectors.npz')
     write_shard(directory, '', self.embeddings, self.availability, self.items())
-    commit(directory, self.manifest([{'prefix': '', 'items': len(self)}]))
+    shard = {'prefix': '', 'items': len(self)}
+    if self.thumbnails[0] is not None:
+      write_thumbnails(directory, '', self.thumbnails[0])
+      shard['thumbnails'] = True
+    commit(directory, self.manifest([shard]))
 
   def items(self, rows=None) -> dict:
     """The items.json content of `rows` (default: all)."""
@@ -176,7 +214,9 @@ class IndexStore:
     meta_file = directory / 'meta.json'
     meta = _read(meta_file, lambda p: json.loads(p.read_text()))
     spec, text_tokens, shards = _check_meta(meta_file, meta)
-    missing = [p + f for p in shards for f in SHARD_FILES if not (directory / (p + f)).is_file()]
+    with_thumbnails = _thumbnail_shards(meta_file, meta)
+    missing = [p + f for p in shards for f in SHARD_FILES + (
+        THUMBNAIL_FILES if p in with_thumbnails else ()) if not (directory / (p + f)).is_file()]
     if missing:
       raise IndexFileError(f'{meta_file} lists shard files that are missing: {missing}; '
                            f'{REBUILD}')
@@ -187,6 +227,8 @@ class IndexStore:
     except ValueError as e:  # names the file: truncated, malformed, or a refused pickle
       raise IndexFileError(f'{e}; {REBUILD}') from e
     parts = [_load_shard(directory, prefix, n, spec) for prefix, n in shards.items()]
+    thumbnails = [_load_thumbnails(directory, prefix, n) if prefix in with_thumbnails else None
+                  for prefix, n in shards.items()]
     _check_variables(directory / 'model.msgpack', variables, spec)
     if words.dim != spec.text_dim:
       raise IndexFileError(f'{words_file}: {words.dim}-d word vectors, but the model in '
@@ -205,8 +247,10 @@ class IndexStore:
                audio_paths=items['audio_paths'], variables=variables, words=words,
                provenance=meta.get('provenance', {}), audio_roots=roots,
                captions=items['captions'], durations=items['durations'],
-               shards=[{'prefix': p, 'items': n} for p, n in shards.items()],
-               max_tokens=meta.get('max_tokens'))
+               shards=[{'prefix': p, 'items': n} | (
+                   {'thumbnails': True} if p in with_thumbnails else {})
+                       for p, n in shards.items()],
+               max_tokens=meta.get('max_tokens'), thumbnails=thumbnails)
 
 
 def write_shard(directory: pathlib.Path, prefix: str, embeddings: np.ndarray,
@@ -215,6 +259,12 @@ def write_shard(directory: pathlib.Path, prefix: str, embeddings: np.ndarray,
   np.save(directory / f'{prefix}embeddings.npy', embeddings)
   np.save(directory / f'{prefix}availability.npy', np.asarray(availability, np.float32))
   (directory / f'{prefix}items.json').write_text(json.dumps(items))
+
+
+def write_thumbnails(directory: pathlib.Path, prefix: str, pack: ThumbnailPack) -> None:
+  """Writes one shard's thumbnail files (its meta.json entry then says "thumbnails": true)."""
+  np.save(directory / f'{prefix}thumbnails.npy', pack.offsets)
+  (directory / f'{prefix}thumbnails.bin').write_bytes(pack.data.tobytes())
 
 
 def new_shard_prefix() -> str:
@@ -245,10 +295,12 @@ def commit(directory: pathlib.Path, manifest: dict) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, directory / 'meta.json')
-  listed = {s['prefix'] + f for s in manifest['shards'] for f in SHARD_FILES}
+  listed = {s['prefix'] + f for s in manifest['shards']
+            for f in SHARD_FILES + (THUMBNAIL_FILES if s.get('thumbnails') else ())}
+  kinds = SHARD_FILES + THUMBNAIL_FILES
   for path in directory.iterdir():
-    if path.name not in listed and any(path.name.endswith(f) for f in SHARD_FILES) and (
-        path.name in SHARD_FILES or path.name.startswith('shard-')):
+    if path.name not in listed and any(path.name.endswith(f) for f in kinds) and (
+        path.name in kinds or path.name.startswith('shard-')):
       path.unlink()
 
 
@@ -266,6 +318,32 @@ def _load_shard(directory: pathlib.Path, prefix: str, n: int, spec: ModelSpec):
                          f'1; {REBUILD}')
   _check_items(directory / f'{prefix}items.json', items, n)
   return embeddings, availability, items
+
+
+def _load_thumbnails(directory: pathlib.Path, prefix: str, n: int) -> ThumbnailPack:
+  """One shard's thumbnails, checked: n + 1 non-decreasing offsets from 0 to the size of the
+  .bin file, each non-empty item at least a PNG signature long, and the signature at 64 of
+  them."""
+  offsets_file, bin_file = (directory / f'{prefix}{f}' for f in THUMBNAIL_FILES)
+  offsets = _read(offsets_file, np.load)
+  data = _read(bin_file, lambda p: np.memmap(p, np.uint8, 'r') if p.stat().st_size
+               else np.zeros(0, np.uint8))
+  if not (offsets.shape == (n + 1,) and offsets.dtype == np.int64 and offsets[0] == 0
+          and (np.diff(offsets) >= 0).all()):
+    raise IndexFileError(f'{offsets_file}: {offsets.dtype} array of shape {offsets.shape}, '
+                         f'expected {n + 1} non-decreasing int64 offsets from 0 (meta.json '
+                         f'lists {n} items); the files come from different indexes: {REBUILD}')
+  sizes = np.diff(offsets)
+  # The PNG headers of 64 items spread over the shard (all of a million would read the file).
+  starts = offsets[:-1][sizes > 0]
+  starts = starts[np.linspace(0, len(starts) - 1, min(len(starts), 64)).astype(np.int64)]
+  heads = starts[:, None] + np.arange(len(PNG_SIGNATURE))
+  if offsets[-1] != len(data) or (sizes[sizes > 0] < len(PNG_SIGNATURE)).any() or (
+      data[heads] != np.frombuffer(PNG_SIGNATURE, np.uint8)).any():
+    raise IndexFileError(f'{bin_file}: {len(data)} bytes, but {offsets_file.name} indexes '
+                         f'{offsets[-1]} bytes of PNG thumbnails; the file is truncated or '
+                         f'corrupt: {REBUILD}')
+  return ThumbnailPack(offsets, data)
 
 
 def _read(path: pathlib.Path, reader):
@@ -305,6 +383,15 @@ def _check_meta(path: pathlib.Path, meta) -> tuple[ModelSpec, int, dict[str, int
                          f'to num_items, a list of folders and positive token limits; '
                          f'{REBUILD}')
   return spec, text_tokens, shards
+
+
+def _thumbnail_shards(path: pathlib.Path, meta: dict) -> set[str]:
+  """The prefixes of the shards whose meta.json entry says "thumbnails": true."""
+  flags = [s.get('thumbnails', False) for s in meta.get('shards', [])]
+  if not all(isinstance(f, bool) for f in flags):
+    raise IndexFileError(f'{path}: shard entries with "thumbnails": {flags}; expected true or '
+                         f'false; {REBUILD}')
+  return {s['prefix'] for s in meta.get('shards', []) if s.get('thumbnails')}
 
 
 def _check_array(path: pathlib.Path, array: np.ndarray, shape: tuple[int, ...],

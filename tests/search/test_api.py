@@ -55,17 +55,27 @@ def test_embeddings_score_as_the_search_ranks(tiny_index):
                                atol=1e-5)
 
 
-def features_folder(root: pathlib.Path, ids: list[str]) -> dict:
+def features_folder(root: pathlib.Path, ids: list[str], audio: tuple[str, ...] = (),
+                    captions: dict[str, list[str]] | None = None, words=None) -> dict:
   """A features folder of `ids` whose features depend only on each id (so an item has the
-  same features in every folder); returns id -> features."""
+  same features in every folder), as `python -m jaxretrieval.features` writes it; the ids
+  in `audio` get a wav file (a tone whose pitch depends on the id), those in `captions`
+  their captions (which need `words`). Returns id -> features."""
+  import soundfile
   from jaxretrieval.features.handcrafted import DIMS
   from jaxretrieval.features.release_writer import Item, write_release
   features = {}
   for i in ids:
     rng = np.random.default_rng(zlib.crc32(i.encode()))
     features[i] = {e: rng.normal(size=(3, d)).astype(np.float32) for e, d in DIMS.items()}
-  write_release(root, [Item(i, features[i], []) for i in ids], {'all': list(ids)}, None)
+  captions = captions or {}
+  write_release(root, [Item(i, features[i], captions.get(i, [])) for i in ids],
+                {'all': list(ids)}, words)
   (root / 'audio_files.json').write_text(json.dumps({i: f'{i}.wav' for i in ids}))
+  for i in audio:
+    hz = 200 + zlib.crc32(i.encode()) % 4000
+    soundfile.write(root / f'{i}.wav', np.sin(2 * np.pi * hz * np.arange(8000) / 16000) / 2,
+                    16000)
   return features
 
 
@@ -100,3 +110,38 @@ def test_the_readme_example_runs(tiny_index):
   lines = out.getvalue().splitlines()
   assert lines[0].startswith('read as') and len(lines) == 1 + 5 + 2 + 1
   assert lines[1].split()[0] == '1' and lines[6].startswith('a loud siren [')
+
+
+def test_a_features_folder_s_captions_reach_the_index(tiny_workdir, tmp_path):
+  """Captions of a features folder made with --captions are shown as a TFDS dataset's are:
+  in the index, the API's hits and the command line's results."""
+  from jaxretrieval.search.build import build_index
+  from jaxretrieval.search.query import format_result
+  from jaxretrieval.text import WordVectors
+  captions = {'beeper': ['a loud beep', 'two short beeps'], 'hisser': ['a quiet hiss']}
+  features_folder(tmp_path / 'feats', ['beeper', 'hisser', 'silent'], captions=captions,
+                  words=WordVectors.load(synthcaps_words(tiny_workdir)))
+  build_index(str(tiny_workdir), str(tmp_path / 'index'), data=str(tmp_path / 'feats'))
+  searcher = Searcher.load(tmp_path / 'index')
+  assert dict(zip(searcher.store.ids, searcher.store.captions)) == captions | {'silent': []}
+  result = searcher.search('a beep', k=3)
+  assert {h.id: h.captions for h in result.hits} == captions | {'silent': []}
+  shown = format_result(result)
+  for caption in captions['beeper'] + captions['hisser']:
+    assert f'"{caption}"' in shown
+
+
+def test_a_tfds_dataset_and_its_features_folder_index_alike(tiny_workdir, tiny_index, tmp_path):
+  """SynthCaps writes its downloads as a features folder: indexed from there, its test split
+  has the captions, durations and thumbnails the TFDS dataset's index has."""
+  from jaxretrieval.search.build import build_index
+  folder = synthcaps_words(tiny_workdir).parent
+  from_folder = build_index(str(tiny_workdir), str(tmp_path / 'index'), data=str(folder),
+                            split='test')
+  from_tfds = Searcher.load(tiny_index).store
+  row = {i: r for r, i in enumerate(from_folder.ids)}
+  assert sorted(row) == sorted(from_tfds.ids)
+  for r, i in enumerate(from_tfds.ids):
+    assert from_folder.captions[row[i]] == from_tfds.captions[r] and from_tfds.captions[r]
+    assert from_folder.durations[row[i]] == from_tfds.durations[r]
+    assert from_folder.thumbnail(row[i]) == from_tfds.thumbnail(r) != b''

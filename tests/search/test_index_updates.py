@@ -2,6 +2,8 @@
 change leaves the index as it was."""
 
 import json
+import logging
+import re
 import subprocess
 import sys
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxretrieval.search import build
+from jaxretrieval.search import thumbnails
 from jaxretrieval.search.build import add_to_index, build_index, remove_from_index
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexStore
@@ -57,6 +60,55 @@ def test_add_then_remove_equals_a_rebuild(tiny_workdir, tmp_path, monkeypatch):
             for f in ('embeddings.npy', 'availability.npy', 'items.json')}
   on_disk = {p.name for p in index.iterdir() if p.suffix in ('.npy', '.json')} - {'meta.json'}
   assert on_disk == listed
+
+
+def test_add_and_remove_keep_each_item_s_thumbnail(tiny_workdir, tmp_path, caplog):
+  """Added items get thumbnails, removed ones lose them, items without audio have none, and
+  the thumbnail files on disk are exactly those of the shards meta.json lists."""
+  words = str(synthcaps_words(tiny_workdir))
+  features_folder(tmp_path / 'first', ['a1', 'a2', 'a3'], audio=('a1', 'a2', 'a3'))
+  features_folder(tmp_path / 'second', ['b1', 'b2'], audio=('b1',))
+  features_folder(tmp_path / 'silent', ['c1'])  # no audio files at all
+  index = tmp_path / 'index'
+  build_index(str(tiny_workdir), str(index), data=str(tmp_path / 'first'), word_vectors=words)
+  with caplog.at_level(logging.INFO):
+    add_to_index(str(index), str(tmp_path / 'second'))
+  logged = '\n'.join(r.getMessage() for r in caplog.records)
+  for step in ('Reading the features of', 'Reading durations and drawing thumbnails'):
+    assert re.search(step + r'.*: 2/2 items, [0-9.]+ items/s', logged), logged
+  assert re.search(r'Embedded 2 items in [0-9.]+ s \([0-9.]+ items/s\)', logged)
+  add_to_index(str(index), str(tmp_path / 'silent'))
+
+  def check(store):
+    for row, path in enumerate(store.audio_paths):
+      assert store.thumbnail(row) == thumbnails.render(path)
+    listed = {s['prefix'] + f for s in store.shards if s.get('thumbnails')
+              for f in ('thumbnails.npy', 'thumbnails.bin')}
+    assert {p.name for p in index.glob('*thumbnails*')} == listed
+    return {i: store.thumbnail(r) for r, i in enumerate(store.ids)}
+  grown = check(IndexStore.load(index))
+  assert [bool(grown[i]) for i in ('a1', 'a2', 'a3', 'b1', 'b2', 'c1')] == [1, 1, 1, 1, 0, 0]
+  assert len(set(grown.values())) == 5  # four different tones, and b''
+  assert [s.get('thumbnails', False) for s in IndexStore.load(index).shards] == [1, 1, 0]
+  remove_from_index(str(index), ['a2', 'b1'])
+  changed = check(IndexStore.load(index))
+  assert changed == {i: grown[i] for i in ('a1', 'a3', 'b2', 'c1')}
+  assert [s.get('thumbnails', False) for s in IndexStore.load(index).shards] == [1, 0, 0]
+  remove_from_index(str(index), ['a1', 'a3'])  # the last items with thumbnails go
+  check(IndexStore.load(index))
+  assert not list(index.glob('*thumbnails*'))
+
+
+def test_long_work_reports_progress_with_rate_and_eta(caplog):
+  with caplog.at_level(logging.INFO):
+    assert list(build.progress(iter('abc'), 3, 'Drawing', every_s=0.0)) == ['a', 'b', 'c']
+    assert list(build.progress(iter('xyz'), 3, 'Reading', every_s=3600.0)) == ['x', 'y', 'z']
+  lines = [r.getMessage() for r in caplog.records]
+  assert len(lines) == 4, lines  # each item at every_s=0, only the end within the hour
+  for i, line in enumerate(lines[:2], 1):
+    assert re.fullmatch(rf'Drawing: {i}/3 items, [0-9.]+ items/s, ETA [0-9]+ s', line), line
+  assert re.fullmatch(r'Drawing: 3/3 items, [0-9.]+ items/s', lines[2])
+  assert re.fullmatch(r'Reading: 3/3 items, [0-9.]+ items/s', lines[3])
 
 
 def test_an_interrupted_change_leaves_the_index_as_it_was(tiny_workdir, tmp_path, monkeypatch):

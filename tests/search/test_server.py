@@ -98,6 +98,14 @@ def test_audio_answers_range_requests(server):
     ('/audio/%C2%B2', 404, 'no item'),
     ('/audio/' + '1' * 5000, 404, 'no item'),  # beyond Python's int-digit limit
     ('/audio/..%2F..%2Fetc%2Fpasswd', 404, 'no item'),
+    ('/thumbnails/16', 404, 'no item'),
+    ('/thumbnails/-1', 404, 'no item'),
+    ('/thumbnails/%C2%B2', 404, 'no item'),
+    ('/thumbnails/' + '1' * 5000, 404, 'no item'),
+    ('/thumbnails/..%2Fmeta.json', 404, 'no item'),
+    ('/thumbnails/0%2F..%2F..%2Fmeta.json', 404, 'no item'),
+    ('/thumbnails/..%2F..%2Fetc%2Fpasswd', 404, 'no item'),
+    ('/thumbnails/', 404, 'no item'),
     ('/admin', 404, 'no page'),
 ])
 def test_bad_requests_are_answered_and_the_server_keeps_serving(server, path, status, message):
@@ -173,6 +181,28 @@ def test_audio_is_served_only_inside_the_collection_root(served, tmp_path, monke
     assert status == 404 and 'has no audio file' in json.loads(body)['error']
   results = json.loads(get(server + '/api/search?q=beep&k=16')[2])['results']
   assert {r['id']: r['audio'] for r in results}[store.ids[1]] is None
+
+
+def test_thumbnails_are_served_for_indexed_items(served, monkeypatch):
+  server, engine = served
+  store = engine.store
+  results = json.loads(get(server + '/api/search?q=a+loud+beep&k=16')[2])['results']
+  assert [r['thumbnail'] for r in results] == [r['audio'].replace('/audio/', '/thumbnails/')
+                                               for r in results]
+  for r in results:
+    status, headers, png = get(server + r['thumbnail'])
+    row = int(r['thumbnail'].rsplit('/', 1)[1])
+    assert status == 200 and headers['Content-Type'] == 'image/png'
+    assert png == store.thumbnail(row) and png[:8] == b'\x89PNG\r\n\x1a\n'
+  # The request names a row; no path reaches the file system, even unencoded.
+  for target in (b'/thumbnails/../meta.json', b'/thumbnails/0/../../meta.json',
+                 b'/thumbnails/%2e%2e/meta.json', b'/thumbnails/../../../../etc/passwd'):
+    assert raw_request(server, target).split(b' ')[1] == b'404', target
+  monkeypatch.setattr(store, 'thumbnails', [None])  # an index without audio has none
+  status, _, body = get(server + '/thumbnails/0')
+  assert status == 404 and 'has no thumbnail' in json.loads(body)['error']
+  results = json.loads(get(server + '/api/search?q=a+loud+beep&k=3')[2])['results']
+  assert [r['thumbnail'] for r in results] == [None] * 3
 
 
 def test_twenty_concurrent_clients_are_answered_without_compiling(server):
@@ -268,6 +298,15 @@ def test_search_in_a_headless_browser(server, tmp_path):
     assert len(browser.find_elements(By.CSS_SELECTOR, '#weights .weight')) == 2
     for row in results():  # caption, file name, duration, and a cosine bar per expert
       assert row.find_element(By.CLASS_NAME, 'title').text
+      # Each item's other captions, and its thumbnail, loaded and decoded by the browser.
+      assert row.find_elements(By.CSS_SELECTOR, '.captions .caption')
+      thumb = row.find_element(By.CSS_SELECTOR, 'img.thumb')
+      assert thumb.get_attribute('alt') == 'Spectrogram of ' + row.find_element(
+          By.CLASS_NAME, 'name').text
+      wait.until(lambda b, t=thumb: b.execute_script(
+          'return arguments[0].complete && arguments[0].naturalWidth > 0', t))
+      assert browser.execute_script('return [arguments[0].naturalWidth, '
+                                    'arguments[0].naturalHeight]', thumb) == [160, 48]
       assert row.find_element(By.CLASS_NAME, 'name').text.endswith('.wav')
       assert row.find_element(By.CLASS_NAME, 'duration').text.endswith(' s')
       assert len(row.find_elements(By.CSS_SELECTOR, '.cosine .track .bar')) == 2

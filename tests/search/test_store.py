@@ -82,7 +82,27 @@ def _availability_values(index, name):
   np.save(index / name, a)
 
 
+def _remove(index, name):
+  (index / name).unlink()
+
+
+def _not_png(index, name):
+  data = bytearray((index / name).read_bytes())
+  data[:4] = b'GIF8'
+  (index / name).write_bytes(bytes(data))
+
+
+def _thumbnails_flag(index, name):
+  meta = json.loads((index / name).read_text())
+  meta['shards'][0]['thumbnails'] = 'yes'
+  (index / name).write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize('name,damage,blamed,message', [
+    ('thumbnails.bin', _remove, 'meta.json', "missing: ['thumbnails.bin']"),
+    ('thumbnails.npy', _drop_last_row, 'thumbnails.npy', 'expected 17'),
+    ('thumbnails.bin', _not_png, 'thumbnails.bin', 'PNG thumbnails'),
+    ('meta.json', _thumbnails_flag, 'meta.json', 'expected true or false'),
     ('embeddings.npy', _drop_last_row, 'embeddings.npy', 'different indexes'),
     ('availability.npy', _drop_last_row, 'availability.npy', 'different indexes'),
     ('availability.npy', _availability_values, 'availability.npy', 'other than 0 and 1'),
@@ -104,13 +124,24 @@ def test_files_of_different_indexes_are_refused(index, name, damage, blamed, mes
 
 
 @pytest.mark.parametrize('name', ['meta.json', 'embeddings.npy', 'availability.npy',
-                                  'items.json', 'model.msgpack', 'word_vectors.npz'])
+                                  'items.json', 'model.msgpack', 'word_vectors.npz',
+                                  'thumbnails.npy', 'thumbnails.bin'])
 def test_truncated_files_are_named(index, name):
   path = index / name
   path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
   with pytest.raises(IndexFileError) as error:
     IndexStore.load(index)
   assert str(error.value).startswith(f'{path}: ') and 'truncated' in str(error.value)
+
+
+def test_an_index_without_thumbnails_still_loads(index):
+  meta = json.loads((index / 'meta.json').read_text())
+  del meta['shards'][0]['thumbnails']  # as written before thumbnails, or without audio
+  (index / 'meta.json').write_text(json.dumps(meta))
+  for name in ('thumbnails.npy', 'thumbnails.bin'):
+    (index / name).unlink()
+  store = IndexStore.load(index)
+  assert all(store.thumbnail(row) == b'' for row in range(len(store)))
 
 
 def test_an_index_with_an_old_pickled_word_table_still_loads(index):
