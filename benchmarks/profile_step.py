@@ -9,11 +9,19 @@ and gradients, the gradient all-reduce), and `step` (that plus the Ranger update
 state); backward = forward+backward - forward, optimizer = step - forward+backward. Also
 `step, fused Ranger`: the same step with `optim.ranger_apply` (one fused update writing the
 parameters; config.optimizer.fused, the default) in place of optax's updates and
-`apply_gradients` (the `step` column, fused=False). With
-`--xla_profile_dir` a jax.profiler trace of a few steps is written there as well (open it
-with TensorBoard's profile plugin or Perfetto) for a per-op breakdown.
+`apply_gradients` (the `step` column, fused=False).
+
+With `--xla_profile_dir` a jax.profiler trace of `--steps` fused steps is written there too
+(TensorBoard's profile plugin or Perfetto open it) and its events are summed by name into a
+per-op table; run with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true so that XLA:CPU
+records each executed op (fusion, dot, ...).
 """
 
+
+import collections
+import gzip
+import json
+import pathlib
 
 from absl import app
 from absl import flags
@@ -94,8 +102,24 @@ def main(argv):
                          'optimizer_ms', 'step_ms', 'fused_optimizer_ms',
                          'step_fused_ranger_ms']))
   if _PROFILE_DIR.value:
-    with jax.profiler.trace(_PROFILE_DIR.value):
+    with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
       whole(True)()
+    print(_top_ops(pathlib.Path(_PROFILE_DIR.value)))
+
+
+def _top_ops(folder: pathlib.Path, top: int = 25) -> str:
+  """The trace's events by total time (XLA:CPU names one event per executed op with
+  XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true), as a table."""
+  path = max(folder.rglob('*.trace.json.gz'), key=lambda p: p.stat().st_mtime)
+  events = json.loads(gzip.decompress(path.read_bytes()))
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  totals = collections.defaultdict(float)
+  for e in events:
+    if e.get('ph') == 'X' and 'dur' in e:
+      totals[e['name']] += e['dur'] / 1000 / _STEPS.value
+  rows = [{'op': name[:80], 'ms_per_step': ms} for name, ms in
+          sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
+  return table(rows, ['op', 'ms_per_step'])
 
 
 if __name__ == '__main__':
