@@ -22,6 +22,7 @@ import collections
 import gzip
 import json
 import pathlib
+import re
 
 from absl import app
 from absl import flags
@@ -104,22 +105,30 @@ def main(argv):
   if _PROFILE_DIR.value:
     with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
       whole(True)()
-    print(_top_ops(pathlib.Path(_PROFILE_DIR.value)))
+    schedule = run.schedule(lr)
+    hlo = jax.pmap(lambda s, b, t: train.train_step(
+        s, b, t, update=train.make_update(config, schedule), schedule=schedule, **kw),
+                   axis_name=train.AXIS).lower(boxes[True]['state'], batches[0],
+                                               run.word_table).compile().as_text()
+    print(_top_ops(pathlib.Path(_PROFILE_DIR.value), hlo))
 
 
-def _top_ops(folder: pathlib.Path, top: int = 25) -> str:
-  """The trace's events by total time (XLA:CPU names one event per executed op with
-  XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true), as a table."""
+def _top_ops(folder: pathlib.Path, hlo: str, top: int = 30) -> str:
+  """The trace's XLA ops by total thread time per step (XLA:CPU records one event per
+  executed op with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true; an op split over both
+  cores counts twice), named by the JAX operation they come from (the HLO's metadata)."""
   path = max(folder.rglob('*.trace.json.gz'), key=lambda p: p.stat().st_mtime)
   events = json.loads(gzip.decompress(path.read_bytes()))
   events = events['traceEvents'] if isinstance(events, dict) else events
+  origin = dict(re.findall(r'%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]+)"', hlo))
   totals = collections.defaultdict(float)
   for e in events:
-    if e.get('ph') == 'X' and 'dur' in e:
-      totals[e['name']] += e['dur'] / 1000 / _STEPS.value
-  rows = [{'op': name[:80], 'ms_per_step': ms} for name, ms in
-          sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
-  return table(rows, ['op', 'ms_per_step'])
+    op = e.get('args', {}).get('hlo_op')
+    if e.get('ph') == 'X' and op:
+      totals[op] += e['dur'] / 1000 / _STEPS.value
+  rows = [{'op': op, 'from': origin.get(op, '')[-90:], 'ms_per_step': ms}
+          for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
+  return table(rows, ['op', 'from', 'ms_per_step'])
 
 
 if __name__ == '__main__':
