@@ -8,11 +8,21 @@ Parts: `forward` (embeddings and loss, training-mode BatchNorm), `forward+backwa
 and gradients, the gradient all-reduce), and `step` (that plus the Ranger update and the new
 state); backward = forward+backward - forward, optimizer = step - forward+backward. Also
 `step, fused Ranger`: the same step with `optim.ranger_apply` (one fused update writing the
-parameters) in place of optax's updates and `apply_gradients`. With
-`--xla_profile_dir` a jax.profiler trace of a few steps is written there as well (open it
-with TensorBoard's profile plugin or Perfetto) for a per-op breakdown.
+parameters; config.optimizer.fused, the default) in place of optax's updates and
+`apply_gradients` (the `step` column, fused=False).
+
+With `--xla_profile_dir` a jax.profiler trace of `--steps` fused steps is written there too
+(TensorBoard's profile plugin or Perfetto open it) and its events are summed by name into a
+per-op table; run with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true so that XLA:CPU
+records each executed op (fusion, dot, ...).
 """
 
+
+import collections
+import gzip
+import json
+import pathlib
+import re
 
 from absl import app
 from absl import flags
@@ -20,7 +30,6 @@ import jax
 
 from benchmarks.common import alternate, emit, machine, synthetic_datasets, table
 from configs import common
-from jaxretrieval import optim
 from jaxretrieval import train
 
 _VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')
@@ -34,9 +43,8 @@ def main(argv):
   del argv
   config = common.experiment(_DATASET.value, _VARIANT.value, ('vggish', 'vggsound'))
   run = train.Experiment(config, None, synthetic_datasets(config, train=256, val=8, test=8))
-  state = train.replicate(run.new_state(config.optimizer.learning_rate))
+  lr = config.optimizer.learning_rate
   batches = list(run.batches(0))
-  step = run.compile_train_step(config.optimizer.learning_rate)
   kw = dict(model=run.model, loss_config=config.loss)
 
   def forward(s, b, t):
@@ -44,8 +52,8 @@ def main(argv):
     (text, weights, audio), _ = run.model.apply(
         {'params': s.params, 'batch_stats': s.batch_stats}, inputs, train=True,
         mutable=['batch_stats'], method=run.model.embed)
-    return train.contrastive_loss(s.params, config.loss, text, weights, audio,
-                                  b['availability'], b['row_mask'] > 0)
+    return train.contrastive_loss(s.params, config.loss, run.spec.expert_names, text, weights,
+                                  audio, b['availability'], b['row_mask'] > 0)
 
   parts = {
       'forward': jax.pmap(forward, axis_name=train.AXIS),
@@ -53,18 +61,13 @@ def main(argv):
           lambda s, b, t: train.loss_and_grads(s.params, s.batch_stats, b, t, **kw),
           axis_name=train.AXIS),
   }
-  apply = optim.ranger_apply(run.schedule(config.optimizer.learning_rate),
-                             config.optimizer.weight_decay)
-
-  def fused_step(s, b, t):
-    _, grads, stats = train.loss_and_grads(s.params, s.batch_stats, b, t, **kw)
-    params, opt_state = apply(s.params, grads, s.opt_state)
-    return s.replace(step=s.step + 1, params=params, opt_state=opt_state, batch_stats=stats)
-
-  p_fused = jax.pmap(fused_step, axis_name=train.AXIS, donate_argnums=(0,))
-  box = {'state': step(state, batches[0])[0]}
-  fused_box = {'state': p_fused(train.replicate(run.new_state(config.optimizer.learning_rate)),
-                                batches[0], run.word_table)}
+  steps = {}
+  for fused in (False, True):
+    config.optimizer.fused = fused
+    steps[fused] = run.compile_train_step(lr)
+  boxes = {fused: {'state': step(train.replicate(run.new_state(lr)), batches[0])[0]}
+           for fused, step in steps.items()}
+  box = boxes[False]
 
   def timed_part(fn):
     def go():
@@ -73,21 +76,17 @@ def main(argv):
       jax.block_until_ready(out)
     return go
 
-  def whole():
-    s = box['state']
-    for i in range(_STEPS.value):
-      s, _ = step(s, batches[i % len(batches)])
-    box['state'] = jax.block_until_ready(s)
-
-  def fused():
-    s = fused_box['state']
-    for i in range(_STEPS.value):
-      s = p_fused(s, batches[i % len(batches)], run.word_table)
-    fused_box['state'] = jax.block_until_ready(s)
+  def whole(fused):
+    def go():
+      s = boxes[fused]['state']
+      for i in range(_STEPS.value):
+        s, _ = steps[fused](s, batches[i % len(batches)])
+      boxes[fused]['state'] = jax.block_until_ready(s)
+    return go
 
   contenders = {name: timed_part(fn) for name, fn in parts.items()}
-  contenders['step'] = whole
-  contenders['fused'] = fused
+  contenders['step'] = whole(False)
+  contenders['fused'] = whole(True)
   for fn in contenders.values():
     fn()  # compile
   times = {k: v['median_s'] / _STEPS.value * 1000 for k, v in
@@ -96,15 +95,40 @@ def main(argv):
             'variant': _VARIANT.value, 'forward_ms': times['forward'],
             'backward_ms': times['forward+backward'] - times['forward'],
             'optimizer_ms': times['step'] - times['forward+backward'],
-            'step_ms': times['step'], 'fused_optimizer_ms': times['fused'] - times['forward+backward'],
+            'step_ms': times['step'],
+            'fused_optimizer_ms': times['fused'] - times['forward+backward'],
             'step_fused_ranger_ms': times['fused'], **machine()}
   emit(record)
   print(table([record], ['dataset_shapes', 'variant', 'forward_ms', 'backward_ms',
                          'optimizer_ms', 'step_ms', 'fused_optimizer_ms',
                          'step_fused_ranger_ms']))
   if _PROFILE_DIR.value:
-    with jax.profiler.trace(_PROFILE_DIR.value):
-      whole()
+    with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
+      whole(True)()
+    schedule = run.schedule(lr)
+    hlo = jax.pmap(lambda s, b, t: train.train_step(
+        s, b, t, update=train.make_update(config, schedule), schedule=schedule, **kw),
+                   axis_name=train.AXIS).lower(boxes[True]['state'], batches[0],
+                                               run.word_table).compile().as_text()
+    print(_top_ops(pathlib.Path(_PROFILE_DIR.value), hlo))
+
+
+def _top_ops(folder: pathlib.Path, hlo: str, top: int = 30) -> str:
+  """The trace's XLA ops by total thread time per step (XLA:CPU records one event per
+  executed op with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true; an op split over both
+  cores counts twice), named by the JAX operation they come from (the HLO's metadata)."""
+  path = max(folder.rglob('*.trace.json.gz'), key=lambda p: p.stat().st_mtime)
+  events = json.loads(gzip.decompress(path.read_bytes()))
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  origin = dict(re.findall(r'%([\w.\-]+) = [^\n]*?metadata=\{op_name="([^"]+)"', hlo))
+  totals = collections.defaultdict(float)
+  for e in events:
+    op = e.get('args', {}).get('hlo_op')
+    if e.get('ph') == 'X' and op:
+      totals[op] += e['dur'] / 1000 / _STEPS.value
+  rows = [{'op': op, 'from': origin.get(op, '')[-90:], 'ms_per_step': ms}
+          for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
+  return table(rows, ['op', 'from', 'ms_per_step'])
 
 
 if __name__ == '__main__':

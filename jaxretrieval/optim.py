@@ -8,12 +8,17 @@ size, which `optax.scale_by_radam` does not; LookAhead is written here because
 the model would then have to unwrap. Here the slow weights live in the optimizer state.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+
+# `update(params, grads, opt_state) -> (params, opt_state)`: one optimizer step applied.
+Update = Callable[[optax.Params, optax.Updates, optax.OptState],
+                  tuple[optax.Params, optax.OptState]]
 
 
 class RangerRAdamState(NamedTuple):

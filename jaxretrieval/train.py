@@ -48,7 +48,7 @@ from jaxretrieval.models.spec import model_spec
 from jaxretrieval.results import results_record, write_results
 from jaxretrieval.models import Batch, ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
 from jaxretrieval.models import mmt
-from jaxretrieval.optim import ranger, restart_schedule, with_reference_state
+from jaxretrieval.optim import Update, ranger, ranger_apply, restart_schedule, with_reference_state
 
 AXIS = 'batch'
 SELECTION_METRIC = 'geometric_mean_R1-R5-R10'
@@ -134,6 +134,16 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
   raise ValueError(f"config.optimizer.name={o.name!r}: expected 'ranger' or 'adamw'")
 
 
+def make_update(config, schedule) -> Update | None:
+  """The step's parameter update: Ranger as one fused pass (`optim.ranger_apply`, the same
+  arithmetic and state as `make_optimizer`'s chain) if config.optimizer.fused; None
+  (optax's update and `apply_gradients`) otherwise and for other optimizers."""
+  o = config.optimizer
+  if o.name == 'ranger' and o.fused:
+    return ranger_apply(schedule, o.weight_decay)
+  return None
+
+
 def model_inputs(batch: dict, word_table: jax.Array) -> Batch:
   """The model's Batch from a pipeline batch (one caption per item, so the caption rows share
   the items' row mask): word vectors looked up on the device."""
@@ -190,15 +200,21 @@ def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array | Non
 
 def train_step(state: TrainState, batch: dict, word_table: jax.Array | None, *,
                model: RetrievalModel | mmt.MMT, loss_config, schedule,
-               seed: int = 0) -> tuple[TrainState, TrainMetrics]:
-  """One optimisation step on this device's shard of the global batch. Dropout (MMT's) draws
-  from `seed` folded with the step and the device."""
+               update: Update | None = None, seed: int = 0) -> tuple[TrainState, TrainMetrics]:
+  """One optimisation step on this device's shard of the global batch: the parameters move by
+  `update(params, grads, opt_state)` (`make_update`), or by `state.tx` when it is None.
+  Dropout (MMT's) draws from `seed` folded with the step and the device."""
   dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
                                    jax.lax.axis_index(AXIS))
   loss, grads, batch_stats = loss_and_grads(state.params, state.batch_stats, batch, word_table,
                                             model=model, loss_config=loss_config,
                                             dropout_key=dropout_key)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if update is None:
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  else:
+    params, opt_state = update(state.params, grads, state.opt_state)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              batch_stats=batch_stats)
   metrics = TrainMetrics.single_from_model_output(
       loss=loss, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads),
       step=state.step + 1)
@@ -330,8 +346,10 @@ class Experiment:
 
   def compile_train_step(self, base_lr: float):
     """The pmapped step: `step(state, batch) -> (state, metrics)`."""
+    schedule = self.schedule(base_lr)
     step = functools.partial(train_step, model=self.model, loss_config=self.config.loss,
-                             schedule=self.schedule(base_lr), seed=self.config.seed)
+                             schedule=schedule, update=make_update(self.config, schedule),
+                             seed=self.config.seed)
     if self.mmt:
       p_step = jax.pmap(lambda state, batch: step(state, batch, None), axis_name=AXIS,
                         donate_argnums=(0,))

@@ -291,3 +291,22 @@ def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_pat
   b = checkpointing.restore(checkpointing.manager(tmp_path / 'b'), 1)['model']
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_fused_ranger_trains_like_the_optax_chain(synthcaps_tiny, tmp_path):
+  """config.optimizer.fused (optim.ranger_apply in the step) against optax's chain and
+  apply_gradients: batch 8 gives 6 steps, the last a LookAhead synchronisation; the weights,
+  BatchNorm statistics and the whole optimizer state agree to float32 rounding."""
+  states = []
+  for fused in (True, False):
+    config = tiny_config(synthcaps_tiny, num_epochs=1, batch_size=8, seed=3)
+    config.optimizer.fused = fused
+    train.train_and_evaluate(config, str(tmp_path / str(fused)))
+    states.append(checkpointing.restore(checkpointing.manager(tmp_path / str(fused)), 1,
+                                        ('model', 'meta', 'optimizer')))
+  fused, chain = states
+  assert fused['meta']['step'] == chain['meta']['step'] == 6
+  for x, y in zip(jax.tree.leaves((fused['model'], fused['optimizer'])),
+                  jax.tree.leaves((chain['model'], chain['optimizer']))):
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+

@@ -41,8 +41,10 @@ def _batch(b=6, seed=0):
   return experts, ind, text
 
 
-@pytest.mark.parametrize('variant', ['ce', 'moee'])
-def test_same_weights_same_loss_over_seven_training_steps(variant):
+@pytest.mark.parametrize('variant,fused', [('ce', True), ('ce', False), ('moee', True)])
+def test_same_weights_same_loss_over_seven_training_steps(variant, fused):
+  """Ours (Ranger fused into one update, as configs default to, or optax's chain) against
+  the original, step by step."""
   reference, spec, variables = _models(variant)
   lr = 0.01
   optimizer = torch_baseline.Ranger(reference.parameters(), lr=lr, weight_decay=1e-3)
@@ -51,8 +53,10 @@ def test_same_weights_same_loss_over_seven_training_steps(variant):
                                   batch_stats=variables['batch_stats'],
                                   tx=optim.ranger(lambda _: lr, 1e-3))
   loss_config = common.get_config().loss  # max-margin, margin 0.2, fix_norm
+  update = optim.ranger_apply(lambda _: lr, 1e-3) if fused else None
   step = jax.pmap(lambda s, b, t: train.train_step(s, b, t, model=model, loss_config=loss_config,
-                                                   schedule=lambda _: lr), axis_name=train.AXIS)
+                                                   schedule=lambda _: lr, update=update),
+                  axis_name=train.AXIS)
   state = train.replicate(state)
   for i in range(7):  # 5 momentum steps, the first adaptive step, a LookAhead sync, one more
     experts, ind, text = _batch(seed=i)
