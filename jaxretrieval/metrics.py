@@ -20,19 +20,24 @@ _CHUNK_ELEMENTS = 1 << 24
 # matmul's summation order depends on its shape); entries within this distance of one
 # (relative above magnitude 1) are compared exactly after the pass.
 _TOLERANCE = 1e-6
-# Near-ties ((caption row, item) pairs) fetched per chunk; more (a matrix full of ties) and
-# a2t is counted again against the exact ground truths in a second pass.
+# Such near-ties fetched per chunk; more (a matrix full of ties) and a2t is counted again
+# against the exact ground truths in a second pass.
 _NEAR_TIES = 4096
 
 ScoreRows = Callable[[jax.Array], jax.Array]  # query rows [C] -> similarities [C, N]
 
 
-def _near(sims, rows, k, valid, low, high, caption):
-  """`[C, N]`: real rows of other captions scoring within [low, high] of item n's own
-  caption `caption`."""
-  own = ((rows // k)[:, None] == jnp.arange(sims.shape[1])[None, :]) & (rows % k == caption)[:, None]
-  return ((sims >= low[None, :, caption]) & (sims <= high[None, :, caption]) & valid[:, None]
-          & ~own)
+def _own_caption(rows: jax.Array, k: int, n: int) -> jax.Array:
+  """`[N, C, K]`: True where chunk row c is item n's own caption k."""
+  return (((rows // k)[None, :, None] == jnp.arange(n)[:, None, None])
+          & ((rows % k)[None, :, None] == jnp.arange(k)[None, None, :]))
+
+
+def _near(sims, rows, k, valid, low, high):
+  """`[N, C, K]`: real rows of other captions scoring within [low, high] of an item's own."""
+  s = sims.T[:, :, None]  # [N, C, 1]
+  near = (s >= low[:, None, :]) & (s <= high[:, None, :]) & valid[None, :, None]
+  return near & ~_own_caption(rows, k, sims.shape[1])
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -43,25 +48,20 @@ def _chunk_counts(sims: jax.Array, rows: jax.Array, k: int, valid: jax.Array, lo
   t2a, per row: its ground truth's score (exact: read from this chunk), #items scored higher,
   #scored equal. a2t, per item and own caption with approximate score in [low, high]: #real
   captions of the chunk scored above `high` (so above the exact own score), and the number
-  of (caption, item) pairs within [low, high] of one of the item's other captions, which
-  need an exact comparison. Plus finiteness. The a2t counts compare the chunk with one own caption's `[N]` thresholds at a time, as
-  reductions over the chunk's rows: no `[N, C, K]` tensor and no transpose.
+  of other captions within [low, high], which need an exact comparison. Plus finiteness.
   """
   target = jnp.take_along_axis(sims, (rows // k)[:, None], axis=1)  # [C, 1]
-  above = [jnp.sum((sims > high[None, :, c]) & valid[:, None], axis=0) for c in range(k)]
-  near = functools.reduce(jnp.logical_or, [_near(sims, rows, k, valid, low, high, c)
-                                           for c in range(k)])  # [C, N]
+  above = jnp.sum((sims.T[:, :, None] > high[:, None, :]) & valid[None, :, None], axis=1)
   return (target[:, 0], jnp.sum(sims > target, axis=1), jnp.sum(sims == target, axis=1),
-          jnp.stack(above, axis=1), jnp.sum(near), jnp.all(jnp.isfinite(sims)))
+          above, jnp.sum(_near(sims, rows, k, valid, low, high)), jnp.all(jnp.isfinite(sims)))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 6))
 def _near_entries(sims, rows, k, valid, low, high, size: int):
-  """(chunk row, item) indices and scores of the chunk's near-ties (with any own caption)."""
-  near = functools.reduce(jnp.logical_or, [_near(sims, rows, k, valid, low, high, c)
-                                           for c in range(k)])
-  row, item = jnp.nonzero(near, size=size, fill_value=0)
-  return row, item, sims[row, item]
+  """(item, chunk row, own caption) indices and scores of the chunk's near-ties."""
+  item, row, caption = jnp.nonzero(_near(sims, rows, k, valid, low, high), size=size,
+                                   fill_value=0)
+  return item, row, caption, sims[row, item]
 
 
 @jax.jit
@@ -99,16 +99,15 @@ def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
   approx = np.asarray(targets, np.float32).reshape(n, k)
   tolerance = _TOLERANCE * np.maximum(1.0, np.abs(approx))
   # Absent captions are no a2t candidates: their window is empty.
-  low_host = np.where(mask, approx - tolerance, np.inf).astype(np.float32)
-  high_host = np.where(mask, approx + tolerance, np.inf).astype(np.float32)
-  low, high = jnp.asarray(low_host), jnp.asarray(high_host)
+  low = jnp.asarray(np.where(mask, approx - tolerance, np.inf), jnp.float32)
+  high = jnp.asarray(np.where(mask, approx + tolerance, np.inf), jnp.float32)
   counts, near = [], []
-  for i, r, v in zip(index, rows, valid):
+  for r, v in zip(rows, valid):
     sims = score_rows(r)
     counts.append(_chunk_counts(sims, r, k, v, low, high))
     found = int(counts[-1][4])
     if 0 < found <= _NEAR_TIES:
-      near.append((found, i, _near_entries(sims, r, k, v, low, high, _NEAR_TIES)))
+      near.append((found, _near_entries(sims, r, k, v, low, high, _NEAR_TIES)))
   if not all(bool(c[5]) for c in counts):
     raise ValueError('similarity matrix holds NaN or Inf: an item without any available '
                      'expert, or a diverged model')
@@ -120,15 +119,11 @@ def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
   if exact_enough and all(int(c[4]) <= _NEAR_TIES for c in counts):
     a2t_below = sum(np.asarray(c[3], np.int64) for c in counts)
     a2t_equal = np.ones((n, k), np.int64)  # each own caption ties with itself
-    for found, chunk_rows, entries in near:
-      row, item, score = (np.asarray(e)[:found] for e in entries)
-      query = chunk_rows[row]
-      for caption in range(k):  # the own captions whose window holds the score
-        hit = ((score >= low_host[item, caption]) & (score <= high_host[item, caption])
-               & ~((query // k == item) & (query % k == caption)))
-        exact = own[item[hit], caption]
-        np.add.at(a2t_below[:, caption], item[hit], score[hit] > exact)
-        np.add.at(a2t_equal[:, caption], item[hit], score[hit] == exact)
+    for found, entries in near:
+      item, _, caption, score = (np.asarray(e)[:found] for e in entries)
+      exact = own[item, caption]
+      np.add.at(a2t_below, (item, caption), score > exact)
+      np.add.at(a2t_equal, (item, caption), score == exact)
   else:
     a2t_below, a2t_equal = _recount_a2t(score_rows, rows, valid, own)
   a2t_ranks = np.where(mask, a2t_below + (a2t_equal - 1) / 2.0, np.inf)
