@@ -8,8 +8,8 @@ Parts: `forward` (embeddings and loss, training-mode BatchNorm), `forward+backwa
 and gradients, the gradient all-reduce), and `step` (that plus the Ranger update and the new
 state); backward = forward+backward - forward, optimizer = step - forward+backward. Also
 `step, fused Ranger`: the same step with `optim.ranger_apply` (one fused update writing the
-parameters; config.optimizer.fused, the default) in place of optax's updates and
-`apply_gradients` (the `step` column, fused=False).
+parameters; config.optimizer.fused=True) in place of optax's updates and `apply_gradients`
+(the `step` column, the default).
 
 With `--xla_profile_dir` a jax.profiler trace of `--steps` fused steps is written there too
 (TensorBoard's profile plugin or Perfetto open it) and its events are summed by name into a
