@@ -8,8 +8,8 @@ Parts: `forward` (embeddings and loss, training-mode BatchNorm), `forward+backwa
 and gradients, the gradient all-reduce), and `step` (that plus the Ranger update and the new
 state); backward = forward+backward - forward, optimizer = step - forward+backward. Also
 `step, fused Ranger`: the same step with `optim.ranger_apply` (one fused update writing the
-parameters; config.optimizer.fused, the default) in place of optax's updates and
-`apply_gradients` (the `step` column, fused=False).
+parameters; config.optimizer.fused=True) in place of optax's updates and `apply_gradients`
+(the `step` column, the default).
 
 With `--xla_profile_dir` a jax.profiler trace of `--steps` fused steps is written there too
 (TensorBoard's profile plugin or Perfetto open it) and its events are summed by name into a
@@ -36,6 +36,8 @@ _VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')
 _DATASET = flags.DEFINE_enum('dataset', 'clotho', ['clotho', 'audiocaps'], 'shapes')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'timed rounds')
 _STEPS = flags.DEFINE_integer('steps', 3, 'calls per round')
+_PARTS = flags.DEFINE_bool('parts', True, 'time forward and forward+backward too (--noparts: '
+                           'only the two whole steps, optax chain and fused, alternate)')
 _PROFILE_DIR = flags.DEFINE_string('xla_profile_dir', None, 'write a jax.profiler trace here')
 
 
@@ -84,7 +86,7 @@ def main(argv):
       boxes[fused]['state'] = jax.block_until_ready(s)
     return go
 
-  contenders = {name: timed_part(fn) for name, fn in parts.items()}
+  contenders = {name: timed_part(fn) for name, fn in parts.items()} if _PARTS.value else {}
   contenders['step'] = whole(False)
   contenders['fused'] = whole(True)
   for fn in contenders.values():
@@ -92,12 +94,13 @@ def main(argv):
   times = {k: v['median_s'] / _STEPS.value * 1000 for k, v in
            alternate(contenders, _ROUNDS.value).items()}
   record = {'benchmark': 'profile_step', 'dataset_shapes': _DATASET.value,
-            'variant': _VARIANT.value, 'forward_ms': times['forward'],
-            'backward_ms': times['forward+backward'] - times['forward'],
-            'optimizer_ms': times['step'] - times['forward+backward'],
-            'step_ms': times['step'],
-            'fused_optimizer_ms': times['fused'] - times['forward+backward'],
-            'step_fused_ranger_ms': times['fused'], **machine()}
+            'variant': _VARIANT.value, 'step_ms': times['step'],
+            'step_fused_ranger_ms': times['fused'], 'rounds': _ROUNDS.value, **machine()}
+  if _PARTS.value:
+    record.update(forward_ms=times['forward'],
+                  backward_ms=times['forward+backward'] - times['forward'],
+                  optimizer_ms=times['step'] - times['forward+backward'],
+                  fused_optimizer_ms=times['fused'] - times['forward+backward'])
   emit(record)
   print(table([record], ['dataset_shapes', 'variant', 'forward_ms', 'backward_ms',
                          'optimizer_ms', 'step_ms', 'fused_optimizer_ms',

@@ -113,9 +113,11 @@ def _step_flops(run, state, batch) -> float | None:
   if run.device_data is not None:
     return None
   schedule = run.schedule(run.config.optimizer.learning_rate)
+  update = train.make_update(run.config, schedule)
   fn = jax.pmap(lambda s, b, t: train.train_step(s, b, t, model=run.model,
                                                  loss_config=run.config.loss,
-                                                 schedule=schedule), axis_name=train.AXIS)
+                                                 schedule=schedule, update=update),
+                axis_name=train.AXIS)
   cost = fn.lower(state, batch, run.word_table).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = (cost or {}).get('flops')

@@ -58,9 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
       learning_rate=0.01,
       weight_decay=1e-3,
       lr_decay=0.95,  # per epoch, after validation
-      # ranger: each parameter's moments and new value in one fused pass (optim.ranger_apply:
-      # the same arithmetic and state, faster on CPU); False: optax's chain + apply_gradients.
-      fused=True,
+      # ranger: True computes each parameter's moments and new value in one fused pass
+      # (optim.ranger_apply: the same arithmetic and state); False: optax's chain and
+      # apply_gradients. Not measurably faster inside the CPU step yet (benchmarks/RESULTS.md).
+      fused=False,
   ))
   c.num_epochs = 20
   # Which epoch is tested: 'best_val' (the best validation t2a geometric mean, ties to the

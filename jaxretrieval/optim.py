@@ -143,8 +143,8 @@ def ranger_apply(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 1e
   value come out of one element-wise pass that writes the parameters directly, and only the
   LookAhead synchronisation (every `sync_period` steps) is a conditional. On CE's 22M
   parameters XLA:CPU ran this 3-4x faster than optax's updates + `apply_updates` when the
-  update is compiled alone, about 12% faster inside the whole train step
-  (benchmarks/RESULTS.md, `benchmarks.profile_step`).
+  update is compiled alone; inside the whole train step (`config.optimizer.fused`) the
+  difference was within the noise of a loaded machine (benchmarks/RESULTS.md).
   """
   scheduled = callable(learning_rate)  # optax keeps a step count only for a schedule
 
