@@ -13,15 +13,20 @@ import numpy as np
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.embedding import Embedder, MMTEmbedder
 from jaxretrieval.metrics import metrics_from_scores
-from jaxretrieval.models import mixture_similarity
+from jaxretrieval.models.similarity import item_side, query_side, side_scores
 from jaxretrieval.models import mmt
 
 
+@jax.jit
+def _similarity_rows(queries, weights, items, availability, rows):
+  """Similarities `[C, N]` of the captions `rows` `[C]` against every item, from the two
+  sides of the similarity (`query_side` `[Q, D]`, `item_side` `[N, D]`)."""
+  return side_scores(queries[rows], weights[rows], items, availability)
+
+
 @functools.partial(jax.jit, static_argnames='names')
-def _similarity_rows(text, weights, audio, availability, rows, names):
-  """Similarities `[C, N]` of the captions `rows` `[C]` against every item."""
-  return mixture_similarity({e: t[rows] for e, t in text.items()}, weights[rows], audio,
-                            availability, names)
+def _sides(text, weights, audio, availability, names):
+  return query_side(text, weights, names), item_side(audio, availability, names)
 
 
 @functools.partial(jax.jit, static_argnames=('k', 'names'))
@@ -45,8 +50,10 @@ def split_metrics(text: dict, weights: np.ndarray, audio: dict, availability: np
   text, weights, audio, availability = jax.device_put((text, weights, audio, availability))
   targets = _ground_truth_scores(text, weights, audio, availability, k=query_masks.shape[1],
                                  names=names)
+  # Both sides are built once; each chunk of captions is then one matmul.
+  queries, items = _sides(text, weights, audio, availability, names=names)
   return metrics_from_scores(
-      lambda rows: _similarity_rows(text, weights, audio, availability, rows, names=names),
+      lambda rows: _similarity_rows(queries, weights, items, availability, rows),
       np.asarray(targets), len(availability), query_masks)
 
 

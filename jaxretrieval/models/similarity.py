@@ -24,10 +24,15 @@ def mixture_similarity(text: dict[str, Array], weights: Array, audio: dict[str, 
     `[Q, N]` similarities. An item with no available expert gives NaN (0/0), as in the
     reference; callers check availability first (see `check_availability`).
   """
-  # One fused matmul: sum_i (w_i T_i) . (a_i E_i) == sum_i w_i a_i cos_i.
-  lhs = query_side(text, weights, names)
-  rhs = item_side(audio, availability, names)
-  return (lhs @ rhs.T) / (weights.astype(jnp.float32) @ availability.astype(jnp.float32).T)
+  return side_scores(query_side(text, weights, names), weights,
+                     item_side(audio, availability, names), availability)
+
+
+def side_scores(queries: Array, weights: Array, items: Array, availability: Array) -> Array:
+  """`mixture_similarity` from its two sides (`query_side`, `item_side`): one matmul,
+  sum_i (w_i T_i) . (a_i E_i) == sum_i w_i a_i cos_i, over the weights of the experts each
+  item has."""
+  return (queries @ items.T) / (weights.astype(jnp.float32) @ availability.astype(jnp.float32).T)
 
 
 def query_side(text: dict[str, Array], weights: Array, names: Sequence[str]) -> Array:
