@@ -115,22 +115,26 @@ class SearchEngine:
     devices = list(jax.local_devices() if devices is None else devices)
     self.mesh = Mesh(np.array(devices), ('items',))
     items = NamedSharding(self.mesh, P('items'))
-    self.chunk = -(-min(chunk, len(store)) // len(devices)) * len(devices)
-    # One array per chunk of items, each a view of a (memory-mapped) shard: on CPU the
-    # devices read the shard files in place (zero-copy), accelerators hold a copy. A shard's
-    # last chunk is padded with rows that have no expert and so never score.
+    self.chunk = max(1, min(chunk, len(store)) // len(devices)) * len(devices)
+    # Chunks of items are views of the (memory-mapped) shards: on CPU the devices read the
+    # shard files in place (zero-copy), accelerators hold a copy. A shard's last rows form a
+    # shorter chunk (compiled once per length), and its last `len(devices) - 1` rows or
+    # fewer one that is copied and padded with rows that have no expert and so never score.
     parts = (store.embeddings.parts if isinstance(store.embeddings, ShardRows)
              else [store.embeddings])
     self.chunks, row = [], 0  # (embeddings, availability, first row)
     for part in parts:
-      for start in range(0, len(part), self.chunk):
-        emb = part[start:start + self.chunk]
+      n, start = len(part), 0
+      while start < n:
+        size = min(self.chunk, (n - start) // len(devices) * len(devices)) or len(devices)
+        emb = part[start:start + size]
         avail = np.asarray(store.availability[row:row + len(emb)], np.float32)
-        pad = self.chunk - len(emb)
+        pad = size - len(emb)
         if pad:
           emb, avail = np.pad(emb, ((0, pad), (0, 0))), np.pad(avail, ((0, pad), (0, 0)))
         self.chunks.append((jax.device_put(emb, items), jax.device_put(avail, items), row))
-        row += self.chunk - pad
+        row += size - pad
+        start += size - pad
     model = RetrievalModel(store.spec)
     self._encode = jax.jit(lambda v, text: model.apply(v, text, False,
                                                        method=RetrievalModel.encode_text))
@@ -188,14 +192,19 @@ class SearchEngine:
       weights[rows] = np.asarray(w)
     return EncodedQueries(text, weights, read)
 
+  def rank(self, encoded: EncodedQueries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and rows `[Q, k]` of the `k` best items for encoded queries (score -inf past
+    the items that can score)."""
+    weights = jnp.asarray(encoded.weights)
+    lhs = self._weighted(jnp.asarray(encoded.text), weights)
+    values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
+    return np.asarray(values)[:, :k], np.asarray(index)[:, :k]
+
   def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResult]:
     """The top `k` items of each query (k is capped at the index size)."""
     k = max(1, min(k, len(self.store)))
     encoded = self.encode(queries)
-    weights = jnp.asarray(encoded.weights)
-    lhs = self._weighted(jnp.asarray(encoded.text), weights)
-    values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
-    values, index = np.asarray(values)[:, :k], np.asarray(index)[:, :k]
+    values, index = self.rank(encoded, k)
     results = []
     for i, q in enumerate(queries):
       read, w = encoded.words[i], encoded.weights[i]
