@@ -126,6 +126,7 @@ def main(argv):
   name = f.name or pathlib.Path(f.index).resolve().name
   for collection, n in export_qdrant(store, client, name).items():
     print(f'{collection}: {n} items')
+  client.close()
 
 
 if __name__ == '__main__':
