@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.common import alternate, emit, machine, synthetic_split, table
 from configs import common
-from jaxretrieval.evaluation import Embedder
+from jaxretrieval.embedding import Embedder
 from jaxretrieval.input_pipeline import eval_queries
 from jaxretrieval.models import RetrievalModel
 from jaxretrieval.models.spec import model_spec

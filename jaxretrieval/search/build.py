@@ -5,6 +5,7 @@ atomically (`store.commit`)."""
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -27,8 +28,7 @@ from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.models import RetrievalModel, abstract_variables
 from jaxretrieval.search import thumbnails
 from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix
-from jaxretrieval.search.store import ThumbnailPack, write_shard
-from jaxretrieval.search.store import write_thumbnails
+from jaxretrieval.search.store import ThumbnailPack, write_index, write_shard
 from jaxretrieval.text import WordVectors
 
 
@@ -164,6 +164,9 @@ def audio_file_summary(path: str) -> tuple[float | None, bytes]:
   return seconds, thumbnails.render(path) if seconds is not None else b''
 
 
+SHARD_ITEMS = 100_000  # items embedded, held and written at a time: one shard's worth
+
+
 @dataclasses.dataclass
 class Embedded:
   """Items of a data source embedded by the audio tower, with what a result page shows."""
@@ -175,6 +178,13 @@ class Embedded:
   availability: np.ndarray  # [N, M]
   thumbnails: ThumbnailPack | None  # None when no item has a readable audio file
 
+  def shard(self, dtype) -> tuple[np.ndarray, np.ndarray, dict, ThumbnailPack | None]:
+    """(embeddings as `dtype`, availability, items.json content, thumbnails): what
+    `write_shard` takes."""
+    return (self.embeddings.astype(dtype), self.availability,
+            {'ids': self.ids, 'audio_paths': self.audio_paths, 'captions': self.captions,
+             'durations': self.durations}, self.thumbnails)
+
 
 def _source(data: str, split: str | None, data_dir: str | None, config):
   """(examples, number of items, default audio root) of a TFDS name or a features folder."""
@@ -185,55 +195,64 @@ def _source(data: str, split: str | None, data_dir: str | None, config):
 
 
 def embed_source(config, spec, variables, data: str, split: str | None, data_dir: str | None,
-                 audio_roots: list[str] | None, known_roots: tuple[str, ...] = ()):
-  """(Embedded, audio roots) of every item of `data`; audio must lie inside the roots
-  (`audio_roots`, default: the data's folder) or `known_roots`."""
+                 audio_roots: list[str] | None, known_roots: tuple[str, ...] = (),
+                 batch_items: int = SHARD_ITEMS):
+  """(audio roots, batches) of `data`: audio must lie inside the roots (`audio_roots`,
+  default: the data's folder, and `known_roots`); `batches` yields `Embedded` batches of up
+  to `batch_items` items, each read, embedded and drawn only when reached, so memory holds
+  one batch however large the collection."""
   examples, total, default_root = _source(data, split, data_dir, config)
   roots = list(known_roots) + [str(pathlib.Path(r).resolve()) for r in
                                audio_roots or [default_root]]
   roots = list(dict.fromkeys(roots))
-  captions = {}
+  return roots, _embedded_batches(config, spec, variables, examples, total, data, roots,
+                                   batch_items)
 
-  def noting_captions(examples):
-    for item, example in examples:
-      captions[item] = [c.decode() if isinstance(c, bytes) else str(c)
-                        for c in example.get('captions', [])]
-      yield item, example
-  items = splits.load_items(
-      progress(noting_captions(examples), total, f'Reading the features of {data}'), config,
-      spec, data)
-  if len(set(items.ids)) != len(items.ids):
-    raise ValueError(f'{data} repeats item ids across splits; index one split (--split)')
-  check_audio_paths(items.ids, items.audio_paths, roots)
+
+def _embedded_batches(config, spec, variables, examples, total: int, data: str,
+                      roots: list[str], batch_items: int):
   embedder = Embedder(RetrievalModel(spec), max(1, config.eval_chunk // jax.local_device_count()))
-  start = time.monotonic()
-  audio = embedder.items(jax_utils.replicate(variables), items)
-  seconds = time.monotonic() - start
-  logging.info('Embedded %d items in %.1f s (%.1f items/s)', len(items.ids), seconds,
-               len(items.ids) / max(seconds, 1e-9))
-  embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
-                               for i, e in enumerate(spec.expert_names)], axis=1)
-  check_finite(items.ids, embeddings)
-  with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # libsndfile, NumPy
-    # and zlib release the GIL
-    summaries = list(progress(pool.map(audio_file_summary, items.audio_paths), len(items.ids),
-                              'Reading durations and drawing thumbnails'))
-  durations, pictures = [d for d, _ in summaries], [p for _, p in summaries]
-  unread = sum(d is None for d, p in zip(durations, items.audio_paths) if p)
+  replicated = jax_utils.replicate(variables)
+  examples = iter(progress(examples, total, f'Reading the features of {data}'))
+  seen, unread, done = set(), 0, 0
+  while batch := list(itertools.islice(examples, batch_items)):
+    captions = {item: [c.decode() if isinstance(c, bytes) else str(c)
+                       for c in example.get('captions', [])] for item, example in batch}
+    items = splits.load_items(batch, config, spec, data)
+    if len(set(items.ids)) != len(items.ids) or not seen.isdisjoint(items.ids):
+      raise ValueError(f'{data} repeats item ids across splits; index one split (--split)')
+    seen.update(items.ids)
+    check_audio_paths(items.ids, items.audio_paths, roots)
+    start = time.monotonic()
+    audio = embedder.items(replicated, items)
+    seconds = time.monotonic() - start
+    logging.info('Embedded %d items in %.1f s (%.1f items/s)', len(items.ids), seconds,
+                 len(items.ids) / max(seconds, 1e-9))
+    embeddings = np.concatenate([np.where(items.availability[:, i:i + 1] > 0, audio[e], 0.0)
+                                 for i, e in enumerate(spec.expert_names)], axis=1)
+    check_finite(items.ids, embeddings)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # libsndfile, NumPy
+      # and zlib release the GIL
+      summaries = list(progress(pool.map(audio_file_summary, items.audio_paths),
+                                len(items.ids), 'Reading durations and drawing thumbnails'))
+    durations, pictures = [d for d, _ in summaries], [p for _, p in summaries]
+    unread += sum(d is None for d, p in zip(durations, items.audio_paths) if p)
+    done += len(items.ids)
+    yield Embedded(items.ids, items.audio_paths, [captions.get(i, []) for i in items.ids],
+                   durations, embeddings, items.availability,
+                   ThumbnailPack.of(pictures) if any(pictures) else None)
   if unread:
     logging.warning('%d of %d audio files of %s could not be read: their duration is not '
-                    'shown', unread, len(items.ids), data)
-  embedded = Embedded(items.ids, items.audio_paths, [captions.get(i, []) for i in items.ids],
-                      durations, embeddings, items.availability,
-                      ThumbnailPack.of(pictures) if any(pictures) else None)
-  return embedded, roots
+                    'shown', unread, done, data)
 
 
 def build_index(workdir: str, out: str, data: str | None = None, split: str | None = None,
                 data_dir: str | None = None, word_vectors: str | None = None,
-                dtype: str = 'float32', audio_roots: list[str] | None = None) -> IndexStore:
+                dtype: str = 'float32', audio_roots: list[str] | None = None,
+                shard_items: int = SHARD_ITEMS) -> IndexStore:
   """Embeds every item of `data` (a TFDS name or a features folder; default: the workdir's
-  dataset) and writes the index to `out`.
+  dataset) and writes the index to `out`, `shard_items` items at a time (one shard each,
+  embeddings stored as `dtype`), so that memory holds one shard however large the collection.
 
   Only audio files inside `audio_roots` (default: the features folder, or the TFDS
   downloads folder where SynthCaps keeps its wav files) may be listed; the server will serve
@@ -241,29 +260,31 @@ def build_index(workdir: str, out: str, data: str | None = None, split: str | No
   """
   config, spec, variables = load_workdir(pathlib.Path(workdir))
   data = data or config.tfds_name
-  items, roots = embed_source(config, spec, variables, data, split, data_dir, audio_roots)
-  vectors = word_vectors or default_word_vectors(data, items.audio_paths)
+  roots, batches = embed_source(config, spec, variables, data, split, data_dir, audio_roots,
+                                batch_items=shard_items)
+  first = next(batches, None)
+  if first is None:
+    raise ValueError(f'{data} has no items to index (split {split or "all"})')
+  vectors = word_vectors or default_word_vectors(data, first.audio_paths)
   if vectors is None:
     raise no_word_vectors(data)
-  store = IndexStore(spec=spec, text_tokens=int(config.max_tokens['text']),
-                     embeddings=items.embeddings.astype(dtype),
-                     availability=items.availability, ids=items.ids,
-                     audio_paths=items.audio_paths, variables=variables,
-                     words=WordVectors.load(vectors), audio_roots=roots,
-                     provenance={'workdir': str(pathlib.Path(workdir).absolute()), 'data': data,
-                                 'split': split or 'all', 'word_vectors': str(vectors)},
-                     captions=items.captions, durations=items.durations,
-                     max_tokens={k: int(v) for k, v in config.max_tokens.items()},
-                     thumbnails=[items.thumbnails])
-  store.save(out)
-  logging.info('Indexed %d items of %s into %s', len(store), data, out)
-  return store
+  header = IndexStore(spec=spec, text_tokens=int(config.max_tokens['text']),
+                      embeddings=np.zeros((0, sum(spec.embed_dims())), dtype),
+                      availability=np.zeros((0, len(spec.experts)), np.float32), ids=[],
+                      audio_paths=[], variables=variables, words=WordVectors.load(vectors),
+                      audio_roots=roots,
+                      provenance={'workdir': str(pathlib.Path(workdir).absolute()), 'data': data,
+                                  'split': split or 'all', 'word_vectors': str(vectors)},
+                      max_tokens={k: int(v) for k, v in config.max_tokens.items()})
+  n = write_index(out, header, (b.shard(dtype) for b in itertools.chain([first], batches)))
+  logging.info('Indexed %d items of %s into %s', n, data, out)
+  return IndexStore.load(out)
 
 
 def add_to_index(index: str, data: str, workdir: str | None = None, split: str | None = None,
                  data_dir: str | None = None, audio_roots: list[str] | None = None) -> int:
-  """Embeds the items of `data` with the index's own model and appends them as a new shard;
-  returns their number. The workdir (default: the one the index was built from) gives only
+  """Embeds the items of `data` with the index's own model and appends them as new shards
+  (`SHARD_ITEMS` items each); returns their number. The workdir (default: the one the index was built from) gives only
   the input settings (token limits); the weights are the index's."""
   with changing(pathlib.Path(index)):
     return _add(pathlib.Path(index), data, workdir, split, data_dir, audio_roots)
@@ -278,27 +299,23 @@ def _add(directory, data, workdir, split, data_dir, audio_roots) -> int:
   if spec != store.spec:
     raise ValueError(f'the model of {workdir} is not the one of the index {directory}: pass '
                      'the --workdir the index was built from')
-  items, roots = embed_source(config, spec, store.variables, data, split, data_dir,
-                              audio_roots, tuple(store.audio_roots))
-  repeated = sorted(set(items.ids) & set(store.ids))
-  if repeated:
-    raise ValueError(f'{len(repeated)} item(s) of {data} are already in {directory}: '
-                     f'{", ".join(repeated[:5])}; remove them first (--remove) to re-embed them')
-  prefix = new_shard_prefix()
-  write_shard(directory, prefix, items.embeddings.astype(store.embeddings.dtype),
-              items.availability, {'ids': items.ids, 'audio_paths': items.audio_paths,
-                                   'captions': items.captions, 'durations': items.durations})
-  shard = {'prefix': prefix, 'items': len(items.ids)}
-  if items.thumbnails is not None:
-    write_thumbnails(directory, prefix, items.thumbnails)
-    shard['thumbnails'] = True
+  roots, batches = embed_source(config, spec, store.variables, data, split, data_dir,
+                                audio_roots, tuple(store.audio_roots))
+  added, present = [], set(store.ids)
+  for batch in batches:
+    repeated = sorted(present.intersection(batch.ids))
+    if repeated:
+      raise ValueError(f'{len(repeated)} item(s) of {data} are already in {directory}: '
+                       f'{", ".join(repeated[:5])}; remove them first (--remove) to re-embed '
+                       'them')
+    added.append(write_shard(directory, new_shard_prefix(), *batch.shard(store.embeddings.dtype)))
+  n = sum(s['items'] for s in added)
   store.audio_roots = roots
   store.provenance.setdefault('added', []).append({'data': data, 'split': split or 'all',
-                                                   'items': len(items.ids)})
-  commit(directory, store.manifest(store.shards + [shard]))
-  logging.info('Added %d items of %s to %s (%d in all)', len(items.ids), data, directory,
-               len(store) + len(items.ids))
-  return len(items.ids)
+                                                   'items': n})
+  commit(directory, store.manifest(store.shards + added))
+  logging.info('Added %d items of %s to %s (%d in all)', n, data, directory, len(store) + n)
+  return n
 
 
 def remove_from_index(index: str, ids: list[str]) -> int:
@@ -326,14 +343,10 @@ def _remove(directory: pathlib.Path, ids: list[str]) -> int:
     if len(keep) == len(rows):
       shards.append(shard)
     elif keep:
-      prefix = new_shard_prefix()
-      write_shard(directory, prefix, np.asarray(store.embeddings[keep]),
-                  store.availability[keep], store.items(keep))
-      shards.append({'prefix': prefix, 'items': len(keep)})
       pictures = [store.thumbnail(r) for r in keep]
-      if any(pictures):
-        write_thumbnails(directory, prefix, ThumbnailPack.of(pictures))
-        shards[-1]['thumbnails'] = True
+      shards.append(write_shard(directory, new_shard_prefix(), np.asarray(store.embeddings[keep]),
+                                store.availability[keep], store.items(keep),
+                                ThumbnailPack.of(pictures) if any(pictures) else None))
   commit(directory, store.manifest(shards))
   logging.info('Removed %d items from %s (%d left)', len(drop), directory,
                len(store) - len(drop))

@@ -7,10 +7,14 @@ encoded by the text tower. A query longer than that length is not cut: NetVLAD s
 tokens, so the tower takes all of its words, zero-padded to the next multiple of the length
 (a few compiled shapes serve every query; each is compiled on its first use). Its
 score for item j is sum_e W_e cos(text_e, audio_e[j]) with the mixture weights renormalised
-over the experts item j has, exactly as in training. Scores and the running top-k are
-computed on the device in fixed-size chunks of items, so millions of items fit. The top-k
-runs for k rounded up to a power of two, so a handful of compiled programs serve every k
-and `warm_up` can compile them all before the first query.
+over the experts item j has, exactly as in training: one matrix product of the query's
+weight-scaled embedding with each chunk of items, divided by the item's sum of weights
+(1 for items with every expert). Scores and the running top-k are computed in fixed-size
+chunks of items read in place from the memory-mapped shards (on CPU nothing is copied, so
+an index larger than memory is searched from the page cache and disk), each chunk split
+over all local devices whose top-k lists are merged. The top-k runs for k rounded up to a
+power of two, so a handful of compiled programs serve every k and `warm_up` can compile them
+all before the first query.
 """
 
 import dataclasses
@@ -20,10 +24,11 @@ import re
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxretrieval.models import RetrievalModel
-from jaxretrieval.search.store import IndexStore
+from jaxretrieval.search.store import IndexStore, ShardRows
 from jaxretrieval.text import tokenize
 
 MODEL_NAMES = {'ce': 'Collaborative Experts', 'mimic': 'single-expert CE',
@@ -69,13 +74,24 @@ class EncodedQueries:
   words: list  # jaxretrieval.text.QueryWords per query
 
 
-@functools.partial(jax.jit, static_argnames=('k',), donate_argnums=(0, 1))
-def _merge_chunk(values, index, lhs, weights, rhs, avail, start, k: int):
-  """The running top-k `[Q, k]` updated with one chunk of items (`rhs` `[C, D]`)."""
-  den = weights @ avail.T  # [Q, C]: sum of the weights of the experts each item has
-  scores = jnp.where(den > 0, (lhs @ rhs.T.astype(lhs.dtype)) / jnp.where(den > 0, den, 1.0),
-                     -jnp.inf)
-  chunk_values, chunk_index = jax.lax.top_k(scores, min(k, rhs.shape[0]))
+@functools.partial(jax.jit, static_argnames=('k', 'mesh'), donate_argnums=(0, 1))
+def _merge_chunk(values, index, lhs, weights, rhs, avail, start, k: int, mesh: Mesh):
+  """The running top-k `[Q, k]` updated with one chunk of items (`rhs` `[C, D]`, its rows
+  split over the devices of `mesh`: each device ranks its own rows, then their top-k lists
+  are gathered and merged)."""
+
+  def device_top_k(lhs, weights, rhs, avail):
+    den = weights @ avail.T  # [Q, C]: sum of the weights of the experts each item has
+    scores = jnp.where(den > 0, (lhs @ rhs.T.astype(lhs.dtype)) / jnp.where(den > 0, den, 1.0),
+                       -jnp.inf)
+    top, rows = jax.lax.top_k(scores, min(k, rhs.shape[0]))
+    rows = rows + jax.lax.axis_index('items') * rhs.shape[0]
+    return (jax.lax.all_gather(top, 'items', axis=1, tiled=True),
+            jax.lax.all_gather(rows, 'items', axis=1, tiled=True))
+
+  chunk_values, chunk_index = jax.shard_map(
+      device_top_k, mesh=mesh, in_specs=(P(), P(), P('items'), P('items')), out_specs=P(),
+      check_vma=False)(lhs, weights, rhs, avail)
   merged_values = jnp.concatenate([values, chunk_values], axis=1)
   merged_index = jnp.concatenate([index, chunk_index + start], axis=1)
   top, where = jax.lax.top_k(merged_values, k)
@@ -90,22 +106,35 @@ def _top_k_size(k: int, n: int) -> int:
 class SearchEngine:
   """Encodes queries and ranks the indexed items."""
 
-  def __init__(self, store: IndexStore, chunk: int = 65536):
+  def __init__(self, store: IndexStore, chunk: int = 65536, devices=None):
+    """Ranks `chunk` items at a time, each chunk's rows split over `devices` (default: every
+    local device)."""
     self.store = store
     self.names = store.spec.expert_names
     self.bounds = np.cumsum((0,) + store.widths)
-    n = len(store)
-    self.chunk = min(chunk, n)
-    # One device array per chunk of items, read from the (memory-mapped) store chunk by
-    # chunk, so the embeddings are never held twice; the last chunk is padded with rows
-    # that have no expert and so never score.
-    self.chunks = []
-    for start in range(0, n, self.chunk):
-      emb = np.asarray(store.embeddings[start:start + self.chunk])
-      avail = np.asarray(store.availability[start:start + self.chunk], np.float32)
-      pad = self.chunk - len(emb)
-      self.chunks.append(jax.device_put((np.pad(emb, ((0, pad), (0, 0))),
-                                         np.pad(avail, ((0, pad), (0, 0))))))
+    devices = list(jax.local_devices() if devices is None else devices)
+    self.mesh = Mesh(np.array(devices), ('items',))
+    items = NamedSharding(self.mesh, P('items'))
+    self.chunk = max(1, min(chunk, len(store)) // len(devices)) * len(devices)
+    # Chunks of items are views of the (memory-mapped) shards: on CPU the devices read the
+    # shard files in place (zero-copy), accelerators hold a copy. A shard's last rows form a
+    # shorter chunk (compiled once per length), and its last `len(devices) - 1` rows or
+    # fewer one that is copied and padded with rows that have no expert and so never score.
+    parts = (store.embeddings.parts if isinstance(store.embeddings, ShardRows)
+             else [store.embeddings])
+    self.chunks, row = [], 0  # (embeddings, availability, first row)
+    for part in parts:
+      n, start = len(part), 0
+      while start < n:
+        size = min(self.chunk, (n - start) // len(devices) * len(devices)) or len(devices)
+        emb = part[start:start + size]
+        avail = np.asarray(store.availability[row:row + len(emb)], np.float32)
+        pad = size - len(emb)
+        if pad:
+          emb, avail = np.pad(emb, ((0, pad), (0, 0))), np.pad(avail, ((0, pad), (0, 0)))
+        self.chunks.append((jax.device_put(emb, items), jax.device_put(avail, items), row))
+        row += size - pad
+        start += size - pad
     model = RetrievalModel(store.spec)
     self._encode = jax.jit(lambda v, text: model.apply(v, text, False,
                                                        method=RetrievalModel.encode_text))
@@ -131,9 +160,8 @@ class SearchEngine:
     """Scores and rows `[Q, k]` of the best items, chunk by chunk."""
     values = jnp.full((lhs.shape[0], k), -jnp.inf)
     index = jnp.zeros((lhs.shape[0], k), jnp.int32)
-    for c, (rhs, avail) in enumerate(self.chunks):
-      values, index = _merge_chunk(values, index, lhs, weights, rhs, avail,
-                                   c * self.chunk, k)
+    for rhs, avail, start in self.chunks:
+      values, index = _merge_chunk(values, index, lhs, weights, rhs, avail, start, k, self.mesh)
     return values, index
 
   def encode(self, queries: list[str]) -> EncodedQueries:
@@ -164,14 +192,19 @@ class SearchEngine:
       weights[rows] = np.asarray(w)
     return EncodedQueries(text, weights, read)
 
+  def rank(self, encoded: EncodedQueries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and rows `[Q, k]` of the `k` best items for encoded queries (score -inf past
+    the items that can score)."""
+    weights = jnp.asarray(encoded.weights)
+    lhs = self._weighted(jnp.asarray(encoded.text), weights)
+    values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
+    return np.asarray(values)[:, :k], np.asarray(index)[:, :k]
+
   def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResult]:
     """The top `k` items of each query (k is capped at the index size)."""
     k = max(1, min(k, len(self.store)))
     encoded = self.encode(queries)
-    weights = jnp.asarray(encoded.weights)
-    lhs = self._weighted(jnp.asarray(encoded.text), weights)
-    values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
-    values, index = np.asarray(values)[:, :k], np.asarray(index)[:, :k]
+    values, index = self.rank(encoded, k)
     results = []
     for i, q in enumerate(queries):
       read, w = encoded.words[i], encoded.weights[i]

@@ -11,7 +11,9 @@ Audio files must lie inside an `--audio_root` (default: the features folder, or 
 downloads folder); the search server serves nothing outside these folders. For the
 released datasets `--word_vectors` is required (word2vec's GoogleNews table, which the
 models were trained with); SynthCaps and features folders made with --captions carry their
-own table.
+own table. The items are embedded and written `--shard_items` at a time, one shard each,
+so the build's memory does not grow with the collection; `--dtype float16` halves the
+embeddings on disk and what a query reads.
 
 Each item keeps its captions (a TFDS dataset's, or a features folder's made with
 --captions) and, when its audio file is readable, a spectrogram thumbnail for the search
@@ -30,7 +32,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from jaxretrieval.search.build import add_to_index, build_index, remove_from_index
+from jaxretrieval.search.build import SHARD_ITEMS, add_to_index, build_index, remove_from_index
 from jaxretrieval.search.store import IndexFileError
 
 
@@ -66,7 +68,7 @@ def main(argv):
     sys.exit('pass --workdir and --out to build an index (or --add/--remove with --to)')
   try:
     store = build_index(f.workdir, f.out, f.data, f.split, f.data_dir, f.word_vectors, f.dtype,
-                        f.audio_root)
+                        f.audio_root, f.shard_items)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'cannot build {f.out}: {e}')
   print(f'indexed {len(store)} items into {f.out}; search with: python -m jaxretrieval.search.query '
@@ -86,6 +88,8 @@ if __name__ == '__main__':
   flags.DEFINE_multi_string('audio_root', None, 'folder holding the collection\'s audio '
                             '(repeatable; default: the features folder or TFDS downloads)')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'float16'], 'storage of the embeddings')
+  flags.DEFINE_integer('shard_items', SHARD_ITEMS, 'items embedded and written at a time (one '
+                       'shard each): the build holds one shard in memory', lower_bound=1)
   flags.DEFINE_string('add', None, 'TFDS name or features folder whose items to add (--to)')
   flags.DEFINE_multi_string('remove', None, 'id of an item to remove (repeatable; @FILE: one '
                             'id per line) (--to)')

@@ -5,10 +5,11 @@ Layout of an index directory:
                      with their item counts, the collection's audio root(s), provenance
   model.msgpack      the model's variables (the text tower encodes queries)
   word_vectors.npz   the word-vector table of the queries (`word_vectors.pkl` in older indexes)
-and per shard, its file names starting with the shard's prefix ('' for a freshly built
-index; `shard-<hex>-` for shards written by `--add` and `--remove`):
-  embeddings.npy     [n, sum of expert widths] unit-norm expert embeddings side by side;
-                     the block of an expert an item lacks is zero
+and per shard, its file names starting with the shard's prefix ('' for the first shard of
+a build; `shard-<hex>-` for its further shards and for shards written by `--add` and
+`--remove`):
+  embeddings.npy     [n, sum of expert widths] float32 or float16 unit-norm expert embeddings
+                     side by side; the block of an expert an item lacks is zero
   availability.npy   [n, M] 1 where the item has the expert
   items.json         ids, audio paths ('' when unknown), captions and durations (seconds,
                      null when unknown)
@@ -22,7 +23,9 @@ The index changes only by writing new shard files and then replacing meta.json a
 unreferenced shard files are deleted by the next change). `IndexStore.load` checks that the
 files belong together (counts, shapes, the model's variables against the spec) and names
 the file at fault, so a mixed-up or truncated index is refused at load instead of failing on
-every query.
+every query. The embeddings are memory-mapped, never read whole: a build writes one shard per
+batch of items (`write_index`) and a query reads the shards in place, so neither needs the
+collection's embeddings in memory.
 """
 
 import contextlib
@@ -173,17 +176,8 @@ class IndexStore:
 
   def save(self, directory: str | pathlib.Path) -> None:
     """Writes the index as one shard with prefix ''."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / 'model.msgpack').write_bytes(serialization.msgpack_serialize(
-        serialization.to_state_dict(self.variables)))
-    self.words.save(directory / 'word_vectors.npz')
-    write_shard(directory, '', self.embeddings, self.availability, self.items())
-    shard = {'prefix': '', 'items': len(self)}
-    if self.thumbnails[0] is not None:
-      write_thumbnails(directory, '', self.thumbnails[0])
-      shard['thumbnails'] = True
-    commit(directory, self.manifest([shard]))
+    write_index(directory, self, [(self.embeddings, self.availability, self.items(),
+                                   self.thumbnails[0])])
 
   def items(self, rows=None) -> dict:
     """The items.json content of `rows` (default: all)."""
@@ -234,6 +228,11 @@ class IndexStore:
       raise IndexFileError(f'{words_file}: {words.dim}-d word vectors, but the model in '
                            f'meta.json reads {spec.text_dim}-d ones; {REBUILD}')
     embeddings, availability, items = zip(*parts)
+    for prefix, e in zip(shards, embeddings):
+      if e.dtype != embeddings[0].dtype:
+        raise IndexFileError(f'{directory / f"{prefix}embeddings.npy"}: {e.dtype} embeddings, '
+                             f'but the first shard holds {embeddings[0].dtype} ones; shards '
+                             f'of an index share one dtype: {REBUILD}')
     items = {key: [x for part in items for x in part[key]] for key in items[0]}
     if len(set(items['ids'])) != len(items['ids']):
       raise IndexFileError(f'{meta_file}: its shards repeat item ids; {REBUILD}')
@@ -253,18 +252,44 @@ class IndexStore:
                max_tokens=meta.get('max_tokens'), thumbnails=thumbnails)
 
 
+def write_index(directory: str | pathlib.Path, header: IndexStore, shards) -> int:
+  """Writes a new index and returns its number of items: the model, word vectors and
+  manifest fields of `header` (its items are not written) and one shard per
+  (embeddings, availability, items.json content, ThumbnailPack or None) that the iterable
+  `shards` yields.
+
+  Shards are consumed one at a time, so a generator that embeds (or reads) one batch of
+  items per shard keeps at most one shard in memory however large the collection. The
+  first shard gets prefix '', the others `shard-<hex>-`; meta.json is written last.
+  """
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / 'model.msgpack').write_bytes(serialization.msgpack_serialize(
+      serialization.to_state_dict(header.variables)))
+  header.words.save(directory / 'word_vectors.npz')
+  listed = []
+  for shard in shards:
+    listed.append(write_shard(directory, new_shard_prefix() if listed else '', *shard))
+  if not listed:
+    raise ValueError(f'no items to write into {directory}')
+  commit(directory, header.manifest(listed))
+  return sum(s['items'] for s in listed)
+
+
 def write_shard(directory: pathlib.Path, prefix: str, embeddings: np.ndarray,
-                availability: np.ndarray, items: dict) -> None:
-  """Writes one shard's files (not yet part of the index: `commit` makes it so)."""
+                availability: np.ndarray, items: dict,
+                thumbnails: ThumbnailPack | None = None) -> dict:
+  """Writes one shard's files and returns its meta.json entry (the shard is not yet part of
+  the index: `commit` makes it so); with `thumbnails`, also their two files."""
   np.save(directory / f'{prefix}embeddings.npy', embeddings)
   np.save(directory / f'{prefix}availability.npy', np.asarray(availability, np.float32))
   (directory / f'{prefix}items.json').write_text(json.dumps(items))
-
-
-def write_thumbnails(directory: pathlib.Path, prefix: str, pack: ThumbnailPack) -> None:
-  """Writes one shard's thumbnail files (its meta.json entry then says "thumbnails": true)."""
-  np.save(directory / f'{prefix}thumbnails.npy', pack.offsets)
-  (directory / f'{prefix}thumbnails.bin').write_bytes(pack.data.tobytes())
+  entry = {'prefix': prefix, 'items': len(items['ids'])}
+  if thumbnails is not None:
+    np.save(directory / f'{prefix}thumbnails.npy', thumbnails.offsets)
+    (directory / f'{prefix}thumbnails.bin').write_bytes(thumbnails.data.tobytes())
+    entry['thumbnails'] = True
+  return entry
 
 
 def new_shard_prefix() -> str:
