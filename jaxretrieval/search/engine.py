@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from jaxretrieval.models import RetrievalModel
+from jaxretrieval.models.similarity import query_side, side_scores
 from jaxretrieval.search.store import IndexStore, ShardRows
 from jaxretrieval.text import tokenize
 
@@ -81,9 +82,8 @@ def _merge_chunk(values, index, lhs, weights, rhs, avail, start, k: int, mesh: M
   are gathered and merged)."""
 
   def device_top_k(lhs, weights, rhs, avail):
-    den = weights @ avail.T  # [Q, C]: sum of the weights of the experts each item has
-    scores = jnp.where(den > 0, (lhs @ rhs.T.astype(lhs.dtype)) / jnp.where(den > 0, den, 1.0),
-                       -jnp.inf)
+    scores = side_scores(lhs, weights, rhs.astype(lhs.dtype), avail)  # [Q, C]
+    scores = jnp.where(jnp.isnan(scores), -jnp.inf, scores)  # rows with no expert: padding
     top, rows = jax.lax.top_k(scores, min(k, rhs.shape[0]))
     rows = rows + jax.lax.axis_index('items') * rhs.shape[0]
     return (jax.lax.all_gather(top, 'items', axis=1, tiled=True),
@@ -152,9 +152,10 @@ class SearchEngine:
       jax.block_until_ready(self._top_k(lhs, weights, k))
 
   def _weighted(self, text, weights):
-    """`[Q, D]`: each expert's block of `text` scaled by the query's weight of the expert."""
-    return jnp.concatenate([weights[:, i:i + 1] * text[:, self.bounds[i]:self.bounds[i + 1]]
-                            for i in range(len(self.names))], axis=1)
+    """`[Q, D]`: the query side of the similarity (`similarity.query_side`) of `text`, the
+    per-expert embeddings side by side."""
+    blocks = {e: text[:, self.bounds[i]:self.bounds[i + 1]] for i, e in enumerate(self.names)}
+    return query_side(blocks, weights, self.names)
 
   def _top_k(self, lhs, weights, k: int):
     """Scores and rows `[Q, k]` of the best items, chunk by chunk."""
