@@ -1,9 +1,19 @@
-"""Shared test set-up: quiet TensorFlow, CPU only."""
+"""Shared test set-up: quiet TensorFlow, CPU only, one compilation cache for the whole run."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Many tests compile the same programs (the tiny CE's train step in-process and in launch.py
+# subprocesses, which inherit the environment): JAX's persistent cache compiles each once per
+# run (in a fresh directory, removed at exit).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jaxretrieval_tests_xla_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import pytest  # noqa: E402
 
@@ -39,12 +49,17 @@ def tiny_config(data_dir, **overrides):
 
 
 @pytest.fixture(scope='session')
-def tiny_workdir(synthcaps_tiny, tmp_path_factory):
-  """A workdir with a CE model trained for one epoch on synthcaps/tiny."""
+def tiny_trained(synthcaps_tiny, tmp_path_factory):
+  """(workdir, results) of `tiny_config`'s CE trained on synthcaps/tiny (2 epochs), shared by
+  every test that reads a trained workdir; tests that change one work on a copy."""
   from jaxretrieval import train
   workdir = tmp_path_factory.mktemp('tiny_run')
-  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(workdir))
-  return workdir
+  return workdir, train.train_and_evaluate(tiny_config(synthcaps_tiny), str(workdir))
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(tiny_trained):
+  return tiny_trained[0]
 
 
 @pytest.fixture(scope='session')

@@ -1,4 +1,10 @@
-"""Every experiment config builds its model and takes a training step on miniature data."""
+"""Every experiment config builds its model and takes a training step on miniature data.
+
+The step is the real code path (model_spec, RetrievalModel, the config's optimizer, the
+pmapped train_step). One config takes it at its full size; the others keep their experts,
+variant, loss and optimizer but are narrowed (`small`), which compiles faster, and configs
+that differ only in their data compile to one program (the tests' compilation cache).
+"""
 
 import functools
 import importlib
@@ -18,10 +24,21 @@ from jaxretrieval.models import RetrievalModel, dummy_inputs
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
                  if p.stem not in ('__init__', 'common') and not p.stem.startswith('mmt_'))
+FULL_SIZE = 'ce_audiocaps'  # the paper's headline CE, stepped at its real size
 
 
-def one_step(config, batch_size=4):
-  spec = model_spec(config)
+def small(config):
+  """`config` with 8-wide experts, a 16-wide model, 2 clusters and at most 3 tokens, and the
+  expert widths (`model_spec`'s `dims`) that go with it."""
+  c = config.copy_and_resolve_references()
+  c.model.update(shared_dim=16, vlad_clusters=2, text_clusters=2)
+  for key in c.max_tokens:
+    c.max_tokens[key] = min(c.max_tokens[key], 3)
+  return c, {name: (8, registry.expert(name).temporal) for name in c.experts}
+
+
+def one_step(config, dims=None, batch_size=4):
+  spec = model_spec(config, dims)
   schedule = train.lr_schedule(config, 10, config.optimizer.learning_rate)
   rng = np.random.default_rng(0)
   batch = {
@@ -59,7 +76,7 @@ def test_config_builds_and_trains(name):
               dataset.fuse_captions, dataset.val_split, dataset.test_split)
   assert config.max_tokens.to_dict() == dict(dataset.max_tokens)
   assert config.batch_size == 128 and config.num_epochs == 20 and config.loss.margin == 0.2
-  spec, loss, moved = one_step(config)
+  spec, loss, moved = one_step(config) if name == FULL_SIZE else one_step(*small(config))
   assert np.isfinite(loss) and loss > 0 and moved
   assert set(spec.expert_names) == set(config.experts)
 
@@ -71,7 +88,7 @@ def test_config_builds_and_trains(name):
 ])
 def test_expert_ablation_through_the_config_argument(arg, experts, variant):
   from configs import ce_audiocaps
-  spec, loss, _ = one_step(ce_audiocaps.get_config(arg))
+  spec, loss, _ = one_step(*small(ce_audiocaps.get_config(arg)))
   assert spec.expert_names == experts and spec.variant == variant and np.isfinite(loss)
 
 

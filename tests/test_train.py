@@ -32,15 +32,8 @@ def _launch(workdir, data_dir, *extra, wait=True):
   return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
 
 
-@pytest.fixture(scope='module')
-def trained(synthcaps_tiny, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run')
-  results = train.train_and_evaluate(tiny_config(synthcaps_tiny), str(workdir))
-  return workdir, results
-
-
-def test_run_writes_results_checkpoints_and_tensorboard(trained):
-  workdir, results = trained
+def test_run_writes_results_checkpoints_and_tensorboard(tiny_trained):
+  workdir, results = tiny_trained
   on_disk = json.loads((workdir / 'results.json').read_text())
   assert on_disk['test']['t2a']['num_queries'] == 80 and on_disk['test']['num_items'] == 16
   assert on_disk['best_epoch'] in (1, 2) and on_disk['epochs_trained'] == 2
@@ -95,10 +88,10 @@ def _truncate(checkpoint: pathlib.Path) -> None:
     f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
 
 
-def test_unreadable_or_deleted_checkpoints_fall_back_with_a_warning(synthcaps_tiny, tmp_path,
-                                                                    caplog):
+def test_unreadable_or_deleted_checkpoints_fall_back_with_a_warning(synthcaps_tiny, tiny_workdir,
+                                                                    tmp_path, caplog):
   workdir = tmp_path / 'w'
-  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=2), str(workdir))
+  shutil.copytree(tiny_workdir, workdir)  # tiny_config: 2 epochs
   straight = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=3),
                                       str(tmp_path / 'straight'))
   ckpt = checkpointing.checkpoint_dir(workdir)
@@ -124,9 +117,10 @@ def test_unreadable_or_deleted_checkpoints_fall_back_with_a_warning(synthcaps_ti
     train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=4), str(workdir))
 
 
-def test_unreadable_best_checkpoint_is_tested_with_the_next_best(synthcaps_tiny, tmp_path,
-                                                                caplog):
-  train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=2), str(tmp_path))
+def test_unreadable_best_checkpoint_is_tested_with_the_next_best(synthcaps_tiny, tiny_workdir,
+                                                                tmp_path, caplog):
+  tmp_path = tmp_path / 'w'
+  shutil.copytree(tiny_workdir, tmp_path)  # 2 epochs
   mngr = checkpointing.manager(tmp_path)
   best = checkpointing.best_step(mngr)
   other = ({1, 2} - {best}).pop()
@@ -136,9 +130,9 @@ def test_unreadable_best_checkpoint_is_tested_with_the_next_best(synthcaps_tiny,
   assert results['checkpoint'].endswith(f'/{other}')
 
 
-def test_resuming_with_another_architecture_names_the_changed_fields(trained, synthcaps_tiny,
+def test_resuming_with_another_architecture_names_the_changed_fields(tiny_trained, synthcaps_tiny,
                                                                      tmp_path):
-  source, _ = trained
+  source, _ = tiny_trained
   workdir = tmp_path / 'w'
   shutil.copytree(source, workdir)
   config = tiny_config(synthcaps_tiny, num_epochs=3, **{'model.shared_dim': 32})
@@ -189,8 +183,8 @@ def test_nan_loss_in_the_first_epoch_says_no_checkpoint_was_written(synthcaps_ti
   assert checkpointing.latest_step(tmp_path) is None
 
 
-def test_eval_mode_prints_metrics_and_keeps_the_training_record(trained, synthcaps_tiny):
-  workdir, _ = trained
+def test_eval_mode_prints_metrics_and_keeps_the_training_record(tiny_trained, synthcaps_tiny):
+  workdir, _ = tiny_trained
   before = {n: (workdir / n).read_bytes() for n in ('results.json', 'results.md')}
   done = _launch(workdir, synthcaps_tiny, '--mode=eval')
   assert '| ce — logmel+spectral on synthcaps |' in done.stdout
@@ -212,8 +206,8 @@ def test_unknown_config_field_is_one_line_with_the_nearest_name(tmp_path):
       'mean "shared_dim" instead of "shared_dimm"?']
 
 
-def test_report_aggregates_seeds(trained, tmp_path):
-  _, results = trained
+def test_report_aggregates_seeds(tiny_trained, tmp_path):
+  _, results = tiny_trained
   runs = []
   for seed, shift in ((0, 0.0), (1, 2.0)):
     run = tmp_path / f'seed{seed}'
@@ -235,8 +229,8 @@ def test_report_aggregates_seeds(trained, tmp_path):
   assert '(2 runs)' in out.stdout and (tmp_path / 'rep.json').is_file()
 
 
-def test_fine_tuning_starts_from_the_source_run(trained, synthcaps_tiny, tmp_path):
-  source, _ = trained
+def test_fine_tuning_starts_from_the_source_run(tiny_trained, synthcaps_tiny, tmp_path):
+  source, _ = tiny_trained
   src = checkpointing.manager(source)
   meta = checkpointing.restore(src, src.latest_step(), ('meta',))['meta']
   config = tiny_config(synthcaps_tiny, init_from=str(source), num_epochs=1)
@@ -251,10 +245,10 @@ def test_fine_tuning_starts_from_the_source_run(trained, synthcaps_tiny, tmp_pat
 
 
 def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
-    trained, synthcaps_tiny, tmp_path, monkeypatch):
+    tiny_trained, synthcaps_tiny, tmp_path, monkeypatch):
   """init_optimizer=False: the optimizer starts on the restored weights (LookAhead's slow
   weights included), so training equals a run initialised with those weights."""
-  source, _ = trained
+  source, _ = tiny_trained
   # batch 8: 6 steps, so the LookAhead synchronisation at step 6 happens.
   config = tiny_config(synthcaps_tiny, init_from=str(source), init_optimizer=False,
                        num_epochs=1, batch_size=8, seed=3)
