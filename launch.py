@@ -11,15 +11,12 @@ import logging as std_logging
 import pathlib
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 import jax
 import ml_collections
 from ml_collections import config_flags
 
-from jaxretrieval import checkpointing
-from jaxretrieval import train
+from jaxretrieval import checkpointing, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
                                           lock_config=True)

@@ -72,6 +72,7 @@ def table(rows: list[dict], columns: list[str]) -> str:
 def synthetic_split(config, spec, n: int, rng, name: str = 'synthetic', captions: int = 1):
   """A SplitArrays of `n` random items shaped by `config.max_tokens`, `captions` each."""
   import numpy as np
+
   from jaxretrieval.data.splits import SplitArrays
   t = config.max_tokens['text']
   experts = {e.name: rng.standard_normal((n, config.max_tokens[e.name], e.dim), np.float32)
@@ -89,8 +90,9 @@ def synthetic_split(config, spec, n: int, rng, name: str = 'synthetic', captions
 def synthetic_datasets(config, train: int, val: int, test: int, test_captions: int = 5, seed=0):
   """train_and_evaluate's data: random splits and a 1,000-word table."""
   import numpy as np
-  from jaxretrieval.models.spec import model_spec
+
   from jaxretrieval.data.registry import EXPERTS as KNOWN_EXPERTS
+  from jaxretrieval.models.spec import model_spec
   from jaxretrieval.train import ExperimentData
   rng = np.random.default_rng(seed)
   spec = model_spec(config)

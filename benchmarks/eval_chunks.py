@@ -9,8 +9,7 @@ alternating the chunk sizes round by round, and reports the medians of the audio
 (`items`) and the text tower (`captions`, every caption distinct).
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from flax import jax_utils
 import jax
 import jax.numpy as jnp

@@ -20,26 +20,23 @@ table says so. Both give the same metrics (checked and printed).
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from flax import jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import torch
 
 from benchmarks import torch_baseline
 from benchmarks.common import alternate, emit, machine, set_threads, synthetic_split, table
 from configs import common
-from jaxretrieval.torch_import import convert
-from jaxretrieval.embedding import Embedder
-from jaxretrieval.evaluation import split_metrics
 from jaxretrieval.data.registry import EXPERTS
-from jaxretrieval.models.spec import model_spec
-from jaxretrieval.evaluation import eval_queries
+from jaxretrieval.embedding import Embedder
+from jaxretrieval.evaluation import eval_queries, split_metrics
 from jaxretrieval.metrics import metrics_from_ranks
 from jaxretrieval.models import RetrievalModel
+from jaxretrieval.models.spec import model_spec
+from jaxretrieval.torch_import import convert
 
 _POOLS = flags.DEFINE_list('pools', ['1045', '1000', '5000', '20000'], 'items per pool')
 _VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')

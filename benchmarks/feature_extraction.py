@@ -24,8 +24,7 @@ second of computation), and ours / reference.
 import statistics
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 import numpy as np
 
@@ -68,6 +67,7 @@ def vggish_sides():
 def vggsound_sides():
   """(ours, reference): functions of the clips returning model H's features."""
   import torch
+
   from jaxretrieval.features import pretrained, vggsound
   from tests.features.reference_models import torch_resnet18
   model = torch_resnet18()

@@ -14,14 +14,12 @@ import pathlib
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 
 from benchmarks.common import emit, machine, peak_host_memory_gb, synthetic_datasets, table
 from configs import common
-from jaxretrieval import input_pipeline
-from jaxretrieval import train
+from jaxretrieval import input_pipeline, train
 
 _VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')
 _EPOCHS = flags.DEFINE_integer('epochs', 20, 'epochs')

@@ -17,16 +17,13 @@ devices and prefetches it (or, with data_on_device, sends only row indices). Mea
 
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 
 from benchmarks.common import emit, machine, synthetic_datasets, table
-from configs import common
-from configs import ce_synthcaps
+from configs import ce_synthcaps, common
+from jaxretrieval import input_pipeline, train
 from jaxretrieval.data import splits
-from jaxretrieval import input_pipeline
-from jaxretrieval import train
 from jaxretrieval.models.spec import model_spec
 
 _DATASETS = flags.DEFINE_list('datasets', ['audiocaps', 'clotho'], 'shapes of these datasets')

@@ -16,20 +16,17 @@ timed once, after one untimed compile pass, with its audio tower, text tower and
 import itertools
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from flax import jax_utils
 import jax
 import numpy as np
 
-from benchmarks.common import (alternate, emit, machine, peak_host_memory_gb,
-                               synthetic_datasets)
+from benchmarks.common import alternate, emit, machine, peak_host_memory_gb, synthetic_datasets
 from configs import common, mmt_clotho
-from jaxretrieval.data import splits
 from jaxretrieval import input_pipeline, train
-from jaxretrieval.evaluation import split_metrics
+from jaxretrieval.data import splits
 from jaxretrieval.data.splits import SplitArrays
-from jaxretrieval.evaluation import eval_queries
+from jaxretrieval.evaluation import eval_queries, split_metrics
 from jaxretrieval.models import mmt
 
 _SIZES = flags.DEFINE_list('sizes', ['tiny', 'full'], 'model sizes for the train step')

@@ -24,8 +24,7 @@ import json
 import pathlib
 import re
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 
 from benchmarks.common import alternate, emit, machine, synthetic_datasets, table

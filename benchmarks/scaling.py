@@ -20,8 +20,7 @@ import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import numpy as np
 
 from benchmarks.common import emit, table
@@ -37,6 +36,7 @@ _WORKER = flags.DEFINE_string('worker_out', '', 'internal: run one device count,
 def worker(out: pathlib.Path) -> None:
   """One device count: compile, time `--steps` steps, save the final parameters."""
   import jax
+
   from benchmarks.common import machine, synthetic_datasets
   from configs import common
   from jaxretrieval import train

@@ -25,8 +25,7 @@ import resource
 import tempfile
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from flax import jax_utils
 import jax
 import numpy as np

@@ -13,8 +13,7 @@ import os
 import pathlib
 import tempfile
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import numpy as np
 import soundfile
 

@@ -17,16 +17,23 @@ and achieved FLOP/s, and peak host and device memory. PyTorch runs on `--threads
 import functools
 import os
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 
 from benchmarks import torch_baseline
-from benchmarks.common import (alternate, cpu_peak_flops, emit, machine, matmul_flops,
-                               peak_host_memory_gb, set_threads, synthetic_datasets, table)
+from benchmarks.common import (
+  alternate,
+  cpu_peak_flops,
+  emit,
+  machine,
+  matmul_flops,
+  peak_host_memory_gb,
+  set_threads,
+  synthetic_datasets,
+  table,
+)
 from configs import common
-from jaxretrieval import input_pipeline
-from jaxretrieval import train
+from jaxretrieval import input_pipeline, train
 
 _VARIANTS = flags.DEFINE_list('variants', ['ce', 'moee'], 'model variants')
 _DATASETS = flags.DEFINE_list('datasets', ['audiocaps', 'clotho'], 'shapes of these datasets')

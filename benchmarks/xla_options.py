@@ -12,8 +12,7 @@ moves the loss and the parameters away from the default build's (exactness: floa
 grep xla_cpu_`).
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 import numpy as np
 

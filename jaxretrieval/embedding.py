@@ -6,8 +6,7 @@ import numpy as np
 
 from jaxretrieval import input_pipeline
 from jaxretrieval.data.splits import SplitArrays
-from jaxretrieval.models import RetrievalModel
-from jaxretrieval.models import mmt
+from jaxretrieval.models import RetrievalModel, mmt
 
 
 class Embedder:

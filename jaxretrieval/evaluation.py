@@ -13,8 +13,8 @@ import numpy as np
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.embedding import Embedder, MMTEmbedder
 from jaxretrieval.metrics import metrics_from_scores
-from jaxretrieval.models.similarity import item_side, query_side, side_scores
 from jaxretrieval.models import mmt
+from jaxretrieval.models.similarity import item_side, query_side, side_scores
 
 
 @jax.jit

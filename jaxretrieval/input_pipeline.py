@@ -8,8 +8,8 @@ batches of a single-host one. MMT batches (`mmt_batches`) carry BERT tokens and 
 subsets drawn per step (`models.mmt`).
 """
 
-import math
 from collections.abc import Iterator
+import math
 
 from absl import logging
 import jax

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-
 # `update(params, grads, opt_state) -> (params, opt_state)`: one optimizer step applied.
 Update = Callable[[optax.Params, optax.Updates, optax.OptState],
                   tuple[optax.Params, optax.OptState]]

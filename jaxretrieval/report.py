@@ -10,11 +10,11 @@ metric is reported as mean ± sample standard deviation (ddof=1) over the row's 
 import json
 import pathlib
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import numpy as np
 
 from jaxretrieval.results import METRIC_COLUMNS, markdown_table
+
 
 def load_results(workdirs) -> list[dict]:
   results = []

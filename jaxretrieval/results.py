@@ -5,7 +5,6 @@ import pathlib
 
 from jaxretrieval.models import ModelSpec
 
-
 METRIC_COLUMNS = ('R1', 'R5', 'R10', 'R50', 'MedR', 'MeanR', 'geometric_mean_R1-R5-R10')
 
 

@@ -24,11 +24,9 @@ import time
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 from clu import metrics as clu_metrics
-from clu import periodic_actions
-from flax import jax_utils
-from flax import struct
+from flax import jax_utils, struct
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -36,19 +34,23 @@ import ml_collections
 import numpy as np
 import optax
 
-from jaxretrieval.data import splits
-from jaxretrieval import checkpointing
-from jaxretrieval import input_pipeline
-from jaxretrieval import losses
+from jaxretrieval import checkpointing, input_pipeline, losses
 from jaxretrieval.bert_tokens import BertTokens
-from jaxretrieval.torch_import import mmt_convert
+from jaxretrieval.data import splits
 from jaxretrieval.embedding import Embedder, MMTEmbedder
 from jaxretrieval.evaluation import evaluate_mmt_split, evaluate_split
+from jaxretrieval.models import (
+  Batch,
+  ModelSpec,
+  RetrievalModel,
+  dummy_inputs,
+  mixture_similarity,
+  mmt,
+)
 from jaxretrieval.models.spec import model_spec
-from jaxretrieval.results import results_record, write_results
-from jaxretrieval.models import Batch, ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
-from jaxretrieval.models import mmt
 from jaxretrieval.optim import Update, ranger, ranger_apply, restart_schedule, with_reference_state
+from jaxretrieval.results import results_record, write_results
+from jaxretrieval.torch_import import mmt_convert
 
 AXIS = 'batch'
 SELECTION_METRIC = 'geometric_mean_R1-R5-R10'

@@ -4,8 +4,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxretrieval.models.spec import model_experts
 from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs
+from jaxretrieval.models.spec import model_experts
 
 GLOBAL_BATCH = 8
 

@@ -24,11 +24,11 @@ if len(sys.argv) > 3:
 else:
   process, processes = 0, 1
 
-import numpy as np  # pylint: disable=g-import-not-at-top
 from flax import jax_utils  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
 
-from tests.parallel_setup import GLOBAL_BATCH, setup  # pylint: disable=g-import-not-at-top
 from jaxretrieval import train  # pylint: disable=g-import-not-at-top
+from tests.parallel_setup import GLOBAL_BATCH, setup  # pylint: disable=g-import-not-at-top
 
 model, variables, batch, table, loss_config = setup(axis_name=train.AXIS)
 per_host = GLOBAL_BATCH // processes

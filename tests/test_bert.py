@@ -7,8 +7,8 @@ from safetensors import numpy as safetensors_numpy
 import torch
 
 from jaxretrieval.bert_tokens import BertTokens
-from jaxretrieval.torch_import import bert_convert
 from jaxretrieval.models.bert import BertConfig, BertModel
+from jaxretrieval.torch_import import bert_convert
 from tests.models import mmt_torch_reference as ref
 
 VOCAB = 30

@@ -18,8 +18,8 @@ import pytest
 from configs import common
 from jaxretrieval import train
 from jaxretrieval.data import registry
-from jaxretrieval.models.spec import model_spec
 from jaxretrieval.models import RetrievalModel, dummy_inputs
+from jaxretrieval.models.spec import model_spec
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')

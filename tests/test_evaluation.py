@@ -5,13 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.embedding import Embedder
-from jaxretrieval.evaluation import split_metrics
-from jaxretrieval.models.spec import model_experts
 from jaxretrieval.data.splits import SplitArrays
-from jaxretrieval.evaluation import eval_queries
+from jaxretrieval.embedding import Embedder
+from jaxretrieval.evaluation import eval_queries, split_metrics
 from jaxretrieval.metrics import retrieval_metrics
 from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
+from jaxretrieval.models.spec import model_experts
 
 
 def _split(n=6, captions=3, tokens=4, seed=0):

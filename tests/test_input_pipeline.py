@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxretrieval import evaluation
+from jaxretrieval import evaluation, input_pipeline
 from jaxretrieval.data import splits
-from jaxretrieval import input_pipeline
 from jaxretrieval.models.spec import model_spec
 from tests.conftest import tiny_config
 

@@ -5,8 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxretrieval.losses import (info_nce_loss, info_nce_terms, max_margin_ranking_loss,
-                                 max_margin_terms)
+from jaxretrieval.losses import (
+  info_nce_loss,
+  info_nce_terms,
+  max_margin_ranking_loss,
+  max_margin_terms,
+)
 
 GOLDEN_S = np.array([[0.9, 0.1, 0.8], [0.3, 0.5, 0.6], [0.2, 0.95, 0.4]], np.float32)
 

@@ -216,10 +216,11 @@ def test_training_batches_subset_long_experts_and_pool_every_frame(tiny_run):
 
 
 def test_a_new_run_starts_from_the_pretrained_text_bert(synthcaps_tiny, vocab_dir, tmp_path):
-  import torch
   from safetensors import numpy as safetensors_numpy
-  from tests.models import mmt_torch_reference as ref
+  import torch
+
   from jaxretrieval.torch_import import bert_convert
+  from tests.models import mmt_torch_reference as ref
   size = len((vocab_dir / 'vocab.txt').read_text().split())
   torch.manual_seed(0)
   bert = ref.Bert(ref.tiny_bert_config(size, type_vocab_size=2), 'LayerNorm')

@@ -143,6 +143,7 @@ def test_resuming_with_another_architecture_names_the_changed_fields(tiny_traine
 
 def test_disk_full_is_one_line_naming_the_directory(synthcaps_tiny, tmp_path, monkeypatch):
   import errno
+
   import orbax.checkpoint as ocp
 
   def full(*args, **kwargs):

@@ -10,8 +10,8 @@ take the protocol through `configure`; the TFDS builders, the release reader and
 checkpoint importer read the rest. Nothing here imports JAX or TensorFlow.
 """
 
-import dataclasses
 from collections.abc import Iterable, Mapping
+import dataclasses
 
 import ml_collections
 

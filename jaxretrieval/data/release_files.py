@@ -9,10 +9,10 @@
 
 import _compat_pickle
 import ast
+from collections.abc import Iterator, Mapping
 import pathlib
 import pickle
 import re
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import h5py

@@ -15,22 +15,29 @@ build: an id listed twice or in two splits, an id without captions or word vecto
 """
 
 import collections
+from collections.abc import Collection, Iterator
 import itertools
 import json
 import pathlib
 import shutil
 import tarfile
 import time
-from collections.abc import Collection, Iterator
 from typing import Any
 
 from absl import logging
 import numpy as np
 
 from jaxretrieval.data.registry import DATASETS, WORD_DIM, Expert, Release
-from jaxretrieval.data.release_files import (ReleaseFileError, UnexpectedPickleContent,
-                                             caption_text, find_shards, is_missing,
-                                             load_feature_file, load_shards, read_split_list)
+from jaxretrieval.data.release_files import (
+  ReleaseFileError,
+  UnexpectedPickleContent,
+  caption_text,
+  find_shards,
+  is_missing,
+  load_feature_file,
+  load_shards,
+  read_split_list,
+)
 
 
 def find_root(release: Release, directory: pathlib.Path) -> pathlib.Path | None:

@@ -19,8 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxretrieval.bert_tokens import BertTokens
-from jaxretrieval.models import ModelSpec, check_availability
-from jaxretrieval.models import mmt
+from jaxretrieval.models import ModelSpec, check_availability, mmt
 
 
 class CaptionVocab:

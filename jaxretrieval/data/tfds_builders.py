@@ -21,8 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxretrieval.data.registry import DATASETS, WORD_DIM, Release
-from jaxretrieval.data.releases import (ReleaseFileError, ReleaseReader, find_root,
-                                        unpack_archive)
+from jaxretrieval.data.releases import ReleaseFileError, ReleaseReader, find_root, unpack_archive
 from jaxretrieval.data.synthcaps.generate import SPLITS, generate
 
 HOMEPAGE = 'https://github.com/akoepke/audio-retrieval-benchmark'

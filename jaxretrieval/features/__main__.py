@@ -28,15 +28,18 @@ import shutil
 import sys
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import numpy as np
 
-from jaxretrieval.features import handcrafted
-from jaxretrieval.features import pretrained
+from jaxretrieval.features import handcrafted, pretrained
 from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
-from jaxretrieval.features.release_writer import (Item, item_id, replace_folder, write_items,
-                                                  write_tables)
+from jaxretrieval.features.release_writer import (
+  Item,
+  item_id,
+  replace_folder,
+  write_items,
+  write_tables,
+)
 from jaxretrieval.text import WordVectors
 
 ALL_EXPERTS = {**handcrafted.DIMS, **pretrained.PRETRAINED}

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.features import handcrafted
-from jaxretrieval.features import vggish, vggsound
+from jaxretrieval.features import handcrafted, vggish, vggsound
 from jaxretrieval.features.audio_io import AudioReadError, read_audio
 
 PRETRAINED = {'vggish': vggish.DIM, 'vggsound': vggsound.DIM}

@@ -13,8 +13,8 @@ line-based split lists round-trip any file name: `%`, characters that are not pr
 (newlines, bytes of non-UTF-8 names) and leading/trailing white space become `%XX` bytes.
 """
 
-import dataclasses
 from collections.abc import Iterable
+import dataclasses
 import json
 import os
 import pathlib
@@ -24,9 +24,9 @@ import urllib.parse
 
 import numpy as np
 
-from jaxretrieval.data.release_files import shard_name
 from jaxretrieval.data import registry
 from jaxretrieval.data.registry import computed_release
+from jaxretrieval.data.release_files import shard_name
 from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.text import WordVectors, tokenize
 

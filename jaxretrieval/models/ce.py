@@ -5,8 +5,12 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxretrieval.models.gating import (GatedEmbeddingUnitReasoning, MimicGatedEmbeddingUnit,
-                                        ReduceDim, RelationModule)
+from jaxretrieval.models.gating import (
+  GatedEmbeddingUnitReasoning,
+  MimicGatedEmbeddingUnit,
+  ReduceDim,
+  RelationModule,
+)
 from jaxretrieval.models.layers import Array, Dtype
 
 

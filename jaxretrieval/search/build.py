@@ -19,16 +19,24 @@ import numpy as np
 import soundfile
 import tensorflow_datasets as tfds
 
-from jaxretrieval.data import splits
 from jaxretrieval import checkpointing
+from jaxretrieval.data import splits
 from jaxretrieval.embedding import Embedder
-from jaxretrieval.models.spec import model_spec
 from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.models import RetrievalModel, abstract_variables
+from jaxretrieval.models.spec import model_spec
 from jaxretrieval.search import thumbnails
-from jaxretrieval.search.store import IndexStore, changing, commit, contained, new_shard_prefix
-from jaxretrieval.search.store import ThumbnailPack, write_index, write_shard
+from jaxretrieval.search.store import (
+  IndexStore,
+  ThumbnailPack,
+  changing,
+  commit,
+  contained,
+  new_shard_prefix,
+  write_index,
+  write_shard,
+)
 from jaxretrieval.text import WordVectors
 
 

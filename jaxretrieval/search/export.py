@@ -17,8 +17,7 @@ import dataclasses
 import pathlib
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import numpy as np
 
 from jaxretrieval.search.engine import SearchEngine

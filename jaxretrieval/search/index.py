@@ -28,9 +28,7 @@ index's manifest atomically at the end, so an interrupted run leaves the index a
 import pathlib
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from jaxretrieval.search.build import SHARD_ITEMS, add_to_index, build_index, remove_from_index
 from jaxretrieval.search.store import IndexFileError

@@ -7,8 +7,7 @@ import dataclasses
 import json
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxretrieval.search.engine import QueryError, SearchEngine
 from jaxretrieval.search.store import IndexFileError, IndexStore

@@ -7,8 +7,7 @@ serves and guarantees is in `jaxretrieval/search/server.py`.
 import logging
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.server import SearchServer

@@ -37,8 +37,7 @@ import pathlib
 import uuid
 
 from absl import logging
-from flax import serialization
-from flax import traverse_util
+from flax import serialization, traverse_util
 import numpy as np
 
 from jaxretrieval.models import ExpertSpec, ModelSpec, abstract_variables

@@ -12,8 +12,7 @@ evaluates it. torch is not needed.
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import numpy as safetensors_numpy
 
-from jaxretrieval.torch_import.torch_pickle import load_pth
 from jaxretrieval.models.bert import BertConfig, BertModel
+from jaxretrieval.torch_import.torch_pickle import load_pth
 
 # torch module path inside one encoder layer -> our module name.
 _LAYER_MODULES = {

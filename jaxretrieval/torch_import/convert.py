@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 from jaxretrieval import checkpointing
-from jaxretrieval.torch_import.torch_pickle import Opaque, load_pth
 from jaxretrieval.data.registry import EXPERTS_BY_REFERENCE_NAME as BY_REF_NAME
 from jaxretrieval.models import ExpertSpec, ModelSpec, abstract_variables
+from jaxretrieval.torch_import.torch_pickle import Opaque, load_pth
 
 # Keys the reference itself deletes when loading old checkpoints (REFERENCE §3.3).
 _LEGACY_PREFIXES = ('ce.moe_fc_bottleneck1.', 'ce.moe_cg.', 'ce.moe_fc_proj.')

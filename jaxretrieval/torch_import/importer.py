@@ -6,10 +6,9 @@ import pathlib
 import jax
 import ml_collections
 
-from jaxretrieval.torch_import import convert
-from jaxretrieval.torch_import import mmt_convert
 from jaxretrieval.data import registry
 from jaxretrieval.models.spec import model_spec
+from jaxretrieval.torch_import import convert, mmt_convert
 
 
 def config_from_reference(ref: dict, spec,

@@ -19,12 +19,11 @@ import ml_collections
 import numpy as np
 
 from jaxretrieval.data import registry
-from jaxretrieval.torch_import import bert_convert
-from jaxretrieval.torch_import.convert import ReferenceCheckpoint, write_workdir
-from jaxretrieval.torch_import.bert_convert import BertCheckpointError
 from jaxretrieval.models.bert import BERT_BASE_CASED, BertConfig
-from jaxretrieval.models.mmt import (MMTExpert, MMTSpec, TOKEN_TYPES, abstract_variables,
-                                     mmt_spec)
+from jaxretrieval.models.mmt import TOKEN_TYPES, MMTExpert, MMTSpec, abstract_variables, mmt_spec
+from jaxretrieval.torch_import import bert_convert
+from jaxretrieval.torch_import.bert_convert import BertCheckpointError
+from jaxretrieval.torch_import.convert import ReferenceCheckpoint, write_workdir
 
 # The only configuration ported (AudioCaps_mmt.json, Clotho_mmt.json); see models/mmt.py.
 SUPPORTED_FLAGS = dict(txt_inp='bertftn', txt_agg='bertftn', txt_pro='gbn', txt_wgh='emb',

@@ -13,8 +13,8 @@ import collections
 import io
 import pathlib
 import pickle
-import zipfile
 from typing import Any
+import zipfile
 
 import numpy as np
 

@@ -10,11 +10,10 @@ import torch
 
 from benchmarks import torch_baseline
 from configs import common
-from jaxretrieval import optim
-from jaxretrieval import train
-from jaxretrieval.torch_import import convert
-from jaxretrieval.models.spec import model_experts
+from jaxretrieval import optim, train
 from jaxretrieval.models import ModelSpec, RetrievalModel
+from jaxretrieval.models.spec import model_experts
+from jaxretrieval.torch_import import convert
 
 TOKENS = {'text': 7, 'audio': 5, 'vggsound': 6}
 SIZES = dict(clusters=4, text_clusters=5, shared=32)

@@ -5,8 +5,12 @@ import pickle
 import numpy as np
 import pytest
 
-from jaxretrieval.data.release_files import (UnexpectedPickleContent, caption_text, is_missing,
-                                             load_pickle)
+from jaxretrieval.data.release_files import (
+  UnexpectedPickleContent,
+  caption_text,
+  is_missing,
+  load_pickle,
+)
 
 
 def test_protocol2_pickle_with_bytes_and_zero_size_arrays_loads(tmp_path):

@@ -21,8 +21,12 @@ import pytest
 
 from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.text import tokenize
-from tests.reference_checkpoint import (random_state_dict, reference_config, reference_keys,
-                                        write_reference_checkpoint)
+from tests.reference_checkpoint import (
+  random_state_dict,
+  reference_config,
+  reference_keys,
+  write_reference_checkpoint,
+)
 from tests.reference_numpy import ReferenceCENet
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -5,8 +5,13 @@ import pytest
 
 from jaxretrieval.data.release_files import ReleaseFileError, shard_name
 from jaxretrieval.features.pipeline import shard_of
-from jaxretrieval.features.release_writer import (Item, folder_reader, write_items,
-                                                  write_release, write_tables)
+from jaxretrieval.features.release_writer import (
+  Item,
+  folder_reader,
+  write_items,
+  write_release,
+  write_tables,
+)
 from jaxretrieval.text import WordVectors
 
 DIMS = {'logmel': 128, 'vggish': 128}  # the registered widths

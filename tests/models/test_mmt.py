@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from jaxretrieval.torch_import import mmt_convert
 from jaxretrieval.losses import max_margin_ranking_loss
 from jaxretrieval.models import mmt
 from jaxretrieval.models.bert import BertConfig
+from jaxretrieval.torch_import import mmt_convert
 from tests.models import mmt_torch_reference as ref
 
 VOCAB, SAME_DIM, MAX_FRAMES = 30, 64, 5

@@ -11,10 +11,10 @@ import torch
 
 from configs import common, mmt_audiocaps
 from jaxretrieval import checkpointing
+from jaxretrieval.models import mmt
 from jaxretrieval.torch_import import mmt_convert
 from jaxretrieval.torch_import.bert_convert import BertCheckpointError
 from jaxretrieval.torch_import.importer import import_checkpoint
-from jaxretrieval.models import mmt
 from tests.models import test_mmt
 from tests.reference_checkpoint import write_reference_checkpoint
 

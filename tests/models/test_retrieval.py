@@ -7,9 +7,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from jaxretrieval.models import (
+  Batch,
+  MissingExpertsError,
+  ModelSpec,
+  RetrievalModel,
+  check_availability,
+  mixture_similarity,
+)
 from jaxretrieval.models.spec import model_experts
-from jaxretrieval.models import (Batch, MissingExpertsError, ModelSpec, RetrievalModel,
-                                 check_availability, mixture_similarity)
 from tests.reference_checkpoint import reference_keys
 
 # (variant, experts, trainable parameters published by the reference, REFERENCE §2.4)

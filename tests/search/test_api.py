@@ -62,6 +62,7 @@ def features_folder(root: pathlib.Path, ids: list[str], audio: tuple[str, ...] =
   in `audio` get a wav file (a tone whose pitch depends on the id), those in `captions`
   their captions (which need `words`). Returns id -> features."""
   import soundfile
+
   from jaxretrieval.features.handcrafted import DIMS
   from jaxretrieval.features.release_writer import Item, write_release
   features = {}

@@ -130,6 +130,7 @@ def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
 def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   """Own audio -> features -> index -> search, with the SynthCaps-trained model."""
   import soundfile
+
   from jaxretrieval.data.synthcaps import sounds
   rng = np.random.default_rng(0)
   (tmp_path / 'audio').mkdir()

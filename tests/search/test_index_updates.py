@@ -10,8 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxretrieval.search import build
-from jaxretrieval.search import thumbnails
+from jaxretrieval.search import build, thumbnails
 from jaxretrieval.search.build import add_to_index, build_index, remove_from_index
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexStore

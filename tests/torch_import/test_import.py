@@ -12,13 +12,18 @@ import pytest
 
 from configs import common
 from jaxretrieval import checkpointing
-from jaxretrieval.torch_import import convert
-from jaxretrieval.torch_import.torch_pickle import TorchFileError, load_pth
-from jaxretrieval.models.spec import model_spec
-from jaxretrieval.torch_import.importer import config_from_reference, import_checkpoint
 from jaxretrieval.models import Batch, RetrievalModel
-from tests.reference_checkpoint import (REF_EXPERTS, random_state_dict, reference_config,
-                                        reference_keys, write_reference_checkpoint)
+from jaxretrieval.models.spec import model_spec
+from jaxretrieval.torch_import import convert
+from jaxretrieval.torch_import.importer import config_from_reference, import_checkpoint
+from jaxretrieval.torch_import.torch_pickle import TorchFileError, load_pth
+from tests.reference_checkpoint import (
+  REF_EXPERTS,
+  random_state_dict,
+  reference_config,
+  reference_keys,
+  write_reference_checkpoint,
+)
 from tests.reference_numpy import ReferenceCENet, ranger_steps
 
 CASES = [  # (dataset, reference modalities, variant)
@@ -197,6 +202,7 @@ def test_unreadable_files_are_reported(tmp_path):
 def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
   """Import -> launch.py --mode=eval on a miniature CLOTHO equals the NumPy reference."""
   import pathlib
+
   from jaxretrieval.metrics import retrieval_metrics
   from tests.data.test_release_builders import build
   from tests.release_miniature import make_contents, write_release
