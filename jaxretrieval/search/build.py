@@ -257,10 +257,11 @@ def _embedded_batches(config, spec, variables, examples, total: int, data: str,
 def build_index(workdir: str, out: str, data: str | None = None, split: str | None = None,
                 data_dir: str | None = None, word_vectors: str | None = None,
                 dtype: str = 'float32', audio_roots: list[str] | None = None,
-                shard_items: int = SHARD_ITEMS) -> IndexStore:
+                shard_items: int = SHARD_ITEMS) -> int:
   """Embeds every item of `data` (a TFDS name or a features folder; default: the workdir's
   dataset) and writes the index to `out`, `shard_items` items at a time (one shard each,
-  embeddings stored as `dtype`), so that memory holds one shard however large the collection.
+  embeddings stored as `dtype`), so that memory holds one shard however large the collection;
+  returns the number of items (`IndexStore.load(out)` reads the index).
 
   Only audio files inside `audio_roots` (default: the features folder, or the TFDS
   downloads folder where SynthCaps keeps its wav files) may be listed; the server will serve
@@ -286,7 +287,7 @@ def build_index(workdir: str, out: str, data: str | None = None, split: str | No
                       max_tokens={k: int(v) for k, v in config.max_tokens.items()})
   n = write_index(out, header, (b.shard(dtype) for b in itertools.chain([first], batches)))
   logging.info('Indexed %d items of %s into %s', n, data, out)
-  return IndexStore.load(out)
+  return n
 
 
 def add_to_index(index: str, data: str, workdir: str | None = None, split: str | None = None,

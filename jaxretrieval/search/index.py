@@ -65,11 +65,11 @@ def main(argv):
   if not f.workdir or not f.out:
     sys.exit('pass --workdir and --out to build an index (or --add/--remove with --to)')
   try:
-    store = build_index(f.workdir, f.out, f.data, f.split, f.data_dir, f.word_vectors, f.dtype,
+    n = build_index(f.workdir, f.out, f.data, f.split, f.data_dir, f.word_vectors, f.dtype,
                         f.audio_root, f.shard_items)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'cannot build {f.out}: {e}')
-  print(f'indexed {len(store)} items into {f.out}; search with: python -m jaxretrieval.search.query '
+  print(f'indexed {n} items into {f.out}; search with: python -m jaxretrieval.search.query '
         f'--index {f.out} "a dog barks"')
 
 

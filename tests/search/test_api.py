@@ -12,6 +12,7 @@ import pytest
 
 from jaxretrieval import Searcher
 from jaxretrieval.search.engine import Hit, QueryError
+from jaxretrieval.search.store import IndexStore
 
 
 def test_search_returns_typed_records(tiny_index):
@@ -137,8 +138,8 @@ def test_a_tfds_dataset_and_its_features_folder_index_alike(tiny_workdir, tiny_i
   has the captions, durations and thumbnails the TFDS dataset's index has."""
   from jaxretrieval.search.build import build_index
   folder = synthcaps_words(tiny_workdir).parent
-  from_folder = build_index(str(tiny_workdir), str(tmp_path / 'index'), data=str(folder),
-                            split='test')
+  build_index(str(tiny_workdir), str(tmp_path / 'index'), data=str(folder), split='test')
+  from_folder = IndexStore.load(tmp_path / 'index')
   from_tfds = Searcher.load(tiny_index).store
   row = {i: r for r, i in enumerate(from_folder.ids)}
   assert sorted(row) == sorted(from_tfds.ids)

@@ -43,8 +43,9 @@ def test_add_then_remove_equals_a_rebuild(tiny_workdir, tmp_path, monkeypatch):
     add_to_index(str(index), str(tmp_path / 'second'))
   assert remove_from_index(str(index), ['a2', 'b1']) == 3
   changed = IndexStore.load(index)
-  rebuilt = build_index(str(tiny_workdir), str(tmp_path / 'rebuilt'),
-                        data=str(tmp_path / 'kept'), word_vectors=words)
+  build_index(str(tiny_workdir), str(tmp_path / 'rebuilt'), data=str(tmp_path / 'kept'),
+              word_vectors=words)
+  rebuilt = IndexStore.load(tmp_path / 'rebuilt')
   assert sorted(changed.ids) == sorted(rebuilt.ids) == ['a1', 'a3', 'b2']
   want, got = _by_id(rebuilt), _by_id(changed)
   for i in want:
