@@ -5,7 +5,8 @@ the original code: `CENet` has the reference's modules, layer order and state_di
 (so a state_dict converts with `jaxretrieval.torch_import.convert`), `max_margin_loss` the
 reference's 2n^2-term hinge loss, `Ranger` the reference's per-parameter RAdam + LookAhead
 loop, and `retrieval_ranks` the reference's sort-based tie-averaged ranks on the whole
-`[N * K, N]` matrix. Only what the paper's CE-pairwise and MoEE runs use is built: temporal
+`[N * K, N]` matrix (`chunked_retrieval_ranks` the same ranks block by block, for pools
+whose whole matrix does not fit in memory). Only what the paper's CE-pairwise and MoEE runs use is built: temporal
 (NetVLAD) experts, `include_self`, Mish, no dropout.
 
 PyTorch is a test/benchmark dependency (requirements-test.txt), imported here only.
@@ -142,15 +143,23 @@ class CENet(nn.Module):
 
   def forward(self, experts: dict, ind, text):
     """Similarities `[Q, B]`; `experts` ref name -> `[B, T, D]`, `ind` `[B, M]`, `text` `[Q, T, 300]`."""
+    audio = self.embed_audio(experts, ind)
+    texts, w = self.embed_text(text)
+    return similarity(texts, w, audio, ind)
+
+  def embed_audio(self, experts: dict, ind):
+    """The audio tower: per-expert item embeddings `[B, d_i]` (missing experts zero-filled)."""
     pooled = []
     for i, m in enumerate(self.modalities):
-      x = torch.where(ind[:, i, None, None] > 0, experts[m], torch.zeros((), dtype=text.dtype))
+      x = torch.where(ind[:, i, None, None] > 0, experts[m], torch.zeros((), dtype=experts[m].dtype))
       pooled.append(self.pooling[m](x))
-    audio = self.ce.audio(pooled, ind)
+    return self.ce.audio(pooled, ind)
+
+  def embed_text(self, text):
+    """The text tower: per-expert caption embeddings `[Q, d_i]` and mixture weights `[Q, M]`."""
     vlad = self.text_pooling(text)
-    w = F.softmax(self.ce.moe_fc(vlad), dim=1)  # [Q, M]
-    texts = [gu(vlad) for gu in self.ce.text_GU]
-    return similarity(texts, w, audio, ind)
+    w = F.softmax(self.ce.moe_fc(vlad), dim=1)
+    return [gu(vlad) for gu in self.ce.text_GU], w
 
 
 def similarity(texts, w, audio, ind):
@@ -256,6 +265,57 @@ def retrieval_ranks(sims: np.ndarray, query_masks: np.ndarray):
     ranks = _tie_averaged(sorted_d, own)
     a2t = np.where(real.reshape(n, k)[:, c], np.minimum(a2t, ranks), a2t)
   return t2a[real], a2t
+
+
+@torch.no_grad()
+def embeddings(model: CENet, experts: dict, ind, text, chunk: int):
+  """The eval-mode towers' outputs, `((texts, w), audio)` as `CENet.embed_text` and
+  `embed_audio` give them, all items in one pass and captions `chunk` rows at a time (in
+  eval mode a row's embedding does not depend on the others, as the reference's
+  validation relies on when it feeds text in chunks, §4.3)."""
+  model.eval()
+  parts = [model.embed_text(text[i:i + chunk]) for i in range(0, len(text), chunk)]
+  texts = [torch.cat([p[0][e] for p in parts]) for e in range(len(model.modalities))]
+  return (texts, torch.cat([p[1] for p in parts])), model.embed_audio(experts, ind)
+
+
+def block_scores(texts, w, audio, ind):
+  """`score(rows, items)`: the block `sims[rows, items]` of the `[Q, N]` matrix that
+  `similarity` gives for these embeddings, computed by `similarity` on those rows and items."""
+
+  @torch.no_grad()
+  def score(rows: slice, items: slice) -> np.ndarray:
+    return similarity([t[rows] for t in texts], w[rows], [a[items] for a in audio],
+                      ind[items]).numpy()
+
+  return score
+
+
+def chunked_retrieval_ranks(score, query_masks: np.ndarray, query_chunk: int, item_chunk: int):
+  """`retrieval_ranks` without the whole `[N * K, N]` matrix: t2a ranks sort the rows of
+  `[query_chunk, N]` blocks, a2t ranks the rows of transposed `[N * K, item_chunk]`
+  blocks, both from `score(rows, items)` (`block_scores`), with the same sort-based
+  tie-averaged ranks. BLAS may round a block's products differently from the whole
+  matrix's in the last bit, so ranks can differ only between scores within a rounding."""
+  n, k = query_masks.shape
+  real = query_masks.reshape(-1) > 0
+  t2a = []
+  for start in range(0, n * k, query_chunk):
+    rows = np.arange(start, min(start + query_chunk, n * k))
+    dists = -score(slice(rows[0], rows[-1] + 1), slice(0, n))
+    t2a.append(_tie_averaged(np.sort(dists, axis=1), dists[rows - start, rows // k]))
+  a2t = []
+  for start in range(0, n, item_chunk):
+    items = np.arange(start, min(start + item_chunk, n))
+    d = (-score(slice(0, n * k), slice(items[0], items[-1] + 1))).T.copy()  # [n', N * K]
+    d[:, ~real] = 1e8
+    sorted_d = np.sort(d, axis=1)
+    best = np.full(len(items), np.inf)
+    for c in range(k):
+      ranks = _tie_averaged(sorted_d, d[items - start, items * k + c])
+      best = np.where(real.reshape(n, k)[items, c], np.minimum(best, ranks), best)
+    a2t.append(best)
+  return np.concatenate(t2a)[real], np.concatenate(a2t)
 
 
 def from_spec(spec) -> CENet:

@@ -88,3 +88,44 @@ def test_sort_based_ranks_equal_ours_with_ties_and_masks():
   t2a, a2t = torch_baseline.retrieval_ranks(sims, masks)
   assert {'t2a': metrics_from_ranks(t2a), 'a2t': metrics_from_ranks(a2t)} == retrieval_metrics(
       sims, masks)
+
+
+def test_chunked_ranks_equal_whole_matrix_ranks_with_ties_and_masks():
+  rng = np.random.default_rng(6)
+  n, k = 17, 3
+  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)  # many exact ties
+  masks = (rng.uniform(size=(n, k)) > 0.3).astype(np.float32)
+  masks[:, 0] = 1
+  whole = torch_baseline.retrieval_ranks(sims, masks)
+  chunked = torch_baseline.chunked_retrieval_ranks(lambda rows, items: sims[rows, items], masks,
+                                                   query_chunk=7, item_chunk=4)
+  for a, b in zip(whole, chunked):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('variant', ['ce', 'moee'])
+def test_chunked_evaluation_of_the_towers_equals_the_whole_matrix(variant):
+  """40 items x 5 captions (some slots empty, one item without VGGish): the towers run
+  separately (captions in chunks of 13) give the whole forward's matrix, and ranks over
+  blocks of 23 captions / 9 items equal the whole matrix's ranks exactly."""
+  reference, _, _ = _models(variant)
+  rng = np.random.default_rng(7)
+  n, k = 40, 5
+  experts = {m: torch.from_numpy(rng.normal(size=(n, TOKENS[m], torch_baseline.RAW_DIMS[m]))
+                                 .astype(np.float32)) for m in ('audio', 'vggsound')}
+  ind = np.ones((n, 2), np.float32)
+  ind[3, 1] = 0.0
+  masks = np.ones((n, k), np.float32)
+  masks[rng.uniform(size=n) < 0.3, 3:] = 0.0
+  text = rng.normal(size=(n * k, TOKENS['text'], 300)).astype(np.float32)
+  text[masks.reshape(-1) == 0] = 0.0  # the reference's empty caption slots
+  ind, text = torch.from_numpy(ind), torch.from_numpy(text)
+  sims = torch_baseline.similarities(reference, experts, ind, text)
+  (texts, w), audio = torch_baseline.embeddings(reference, experts, ind, text, chunk=13)
+  score = torch_baseline.block_scores(texts, w, audio, ind)
+  np.testing.assert_allclose(score(slice(0, n * k), slice(0, n)), sims, atol=1e-6)
+  whole = torch_baseline.retrieval_ranks(sims, masks)
+  chunked = torch_baseline.chunked_retrieval_ranks(score, masks, query_chunk=23, item_chunk=9)
+  assert 0 < masks.sum() < n * k
+  for a, b in zip(whole, chunked):
+    np.testing.assert_array_equal(a, b)
