@@ -270,13 +270,16 @@ def retrieval_ranks(sims: np.ndarray, query_masks: np.ndarray):
 @torch.no_grad()
 def embeddings(model: CENet, experts: dict, ind, text, chunk: int):
   """The eval-mode towers' outputs, `((texts, w), audio)` as `CENet.embed_text` and
-  `embed_audio` give them, all items in one pass and captions `chunk` rows at a time (in
-  eval mode a row's embedding does not depend on the others, as the reference's
-  validation relies on when it feeds text in chunks, §4.3)."""
+  `embed_audio` give them, for captions and items `chunk` rows at a time (in eval mode a
+  row's embedding does not depend on the others' — the reference's validation feeds text in
+  chunks, §4.3 — and chunks bound the memory that one pass over a large pool takes)."""
   model.eval()
   parts = [model.embed_text(text[i:i + chunk]) for i in range(0, len(text), chunk)]
   texts = [torch.cat([p[0][e] for p in parts]) for e in range(len(model.modalities))]
-  return (texts, torch.cat([p[1] for p in parts])), model.embed_audio(experts, ind)
+  items = [model.embed_audio({m: x[i:i + chunk] for m, x in experts.items()}, ind[i:i + chunk])
+           for i in range(0, len(ind), chunk)]
+  audio = [torch.cat([p[e] for p in items]) for e in range(len(model.modalities))]
+  return (texts, torch.cat([p[1] for p in parts])), audio
 
 
 def block_scores(texts, w, audio, ind):
