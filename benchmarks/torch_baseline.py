@@ -6,8 +6,8 @@ the original code: `CENet` has the reference's modules, layer order and state_di
 reference's 2n^2-term hinge loss, `Ranger` the reference's per-parameter RAdam + LookAhead
 loop, and `retrieval_ranks` the reference's sort-based tie-averaged ranks on the whole
 `[N * K, N]` matrix (`chunked_retrieval_ranks` the same ranks block by block, for pools
-whose whole matrix does not fit in memory). Only what the paper's CE-pairwise and MoEE runs use is built: temporal
-(NetVLAD) experts, `include_self`, Mish, no dropout.
+whose whole matrix does not fit in memory). Only what the paper's CE-pairwise and MoEE
+runs use is built: temporal (NetVLAD) experts, `include_self`, Mish, no dropout.
 
 PyTorch is a test/benchmark dependency (requirements-test.txt), imported here only.
 """
@@ -158,7 +158,7 @@ class CENet(nn.Module):
   def embed_text(self, text):
     """The text tower: per-expert caption embeddings `[Q, d_i]` and mixture weights `[Q, M]`."""
     vlad = self.text_pooling(text)
-    w = F.softmax(self.ce.moe_fc(vlad), dim=1)
+    w = F.softmax(self.ce.moe_fc(vlad), dim=1)  # [Q, M]
     return [gu(vlad) for gu in self.ce.text_GU], w
 
 
