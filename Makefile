@@ -6,6 +6,9 @@ WORKDIR ?= workdirs/synthcaps_ce
 # Debian packages the tests use: Chromium and its driver (the search page's browser test),
 # espeak-ng (speech clips for the feature extractors' parity tests).
 TEST_DEBS := chromium chromium-driver espeak-ng
+# pytest-xdist workers for `make test` (each file runs whole on one worker, so module and
+# session fixtures are built at most once per worker); 2 matches CI's 2 cores.
+TEST_WORKERS ?= 2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test demo venv test-deps clean
@@ -36,7 +39,7 @@ test-deps:
 
 test: $(VENV)/.installed-test test-deps
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(VENV)/.installed
 	$(PY) launch.py --config configs/ce_synthcaps.py --workdir $(WORKDIR)
