@@ -324,8 +324,9 @@ class Experiment:
     init = jax.jit(functools.partial(self.eval_model.init, train=False))
     if self.mmt:
       return dict(init(jax.random.key(c.seed), mmt.dummy_batch(self.spec)))
-    sample = dummy_inputs(self.spec, c.batch_size // jax.device_count(), c.max_tokens)
-    return dict(init(jax.random.key(c.seed), sample))
+    # Shapes of the batch do not change the variables: one small batch, so that every run of
+    # a model compiles the same init program.
+    return dict(init(jax.random.key(c.seed), dummy_inputs(self.spec)))
 
   def initial_variables(self) -> dict:
     """The variables a new run starts from: `init_variables`, and for MMT the pre-trained

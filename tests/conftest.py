@@ -1,7 +1,12 @@
-"""Shared test set-up: quiet TensorFlow, CPU only, one compilation cache for the whole run."""
+"""Shared test set-up: quiet TensorFlow, CPU only, one compilation cache for the whole run,
+and the session fixtures that several test files read (built once per run, also under
+pytest-xdist: the first worker that needs one builds it, the others wait and reuse it)."""
 
 import atexit
+import fcntl
+import json
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -18,13 +23,32 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 import pytest  # noqa: E402
 
 
+def _built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
+  """The folder `name` filled by `build(folder)` once per test run. Under pytest-xdist the
+  workers share the run's base temporary directory: the first to get the lock builds, the
+  others wait for it and reuse the result (`build` must leave the folder read-only in use)."""
+  if 'PYTEST_XDIST_WORKER' not in os.environ:
+    folder = tmp_path_factory.mktemp(name)
+    build(folder)
+    return folder
+  root = tmp_path_factory.getbasetemp().parent
+  folder, done = root / name, root / f'{name}.done'
+  with open(root / f'{name}.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir()
+      build(folder)
+      done.touch()
+  return folder
+
+
 @pytest.fixture(scope='session')
 def synthcaps_tiny(tmp_path_factory):
-  """A TFDS data_dir holding synthcaps/tiny, built once per session."""
+  """A TFDS data_dir holding synthcaps/tiny, built once per run."""
   from jaxretrieval.data.tfds_builders import SynthCaps as Builder
-  data_dir = tmp_path_factory.mktemp('synthcaps')
-  Builder(config='tiny', data_dir=str(data_dir)).download_and_prepare()
-  return data_dir
+  return _built_once(tmp_path_factory, 'synthcaps',
+                     lambda d: Builder(config='tiny', data_dir=str(d)).download_and_prepare())
 
 
 def tiny_config(data_dir, **overrides):
@@ -51,10 +75,16 @@ def tiny_config(data_dir, **overrides):
 @pytest.fixture(scope='session')
 def tiny_trained(synthcaps_tiny, tmp_path_factory):
   """(workdir, results) of `tiny_config`'s CE trained on synthcaps/tiny (2 epochs), shared by
-  every test that reads a trained workdir; tests that change one work on a copy."""
+  every test that reads a trained workdir; tests that change one work on a copy. `results`
+  is what `train_and_evaluate` returned (kept beside the workdir for the other workers)."""
   from jaxretrieval import train
-  workdir = tmp_path_factory.mktemp('tiny_run')
-  return workdir, train.train_and_evaluate(tiny_config(synthcaps_tiny), str(workdir))
+
+  def build(folder):
+    results = train.train_and_evaluate(tiny_config(synthcaps_tiny), str(folder / 'workdir'))
+    (folder / 'returned.json').write_text(json.dumps(results))
+
+  folder = _built_once(tmp_path_factory, 'tiny_run', build)
+  return folder / 'workdir', json.loads((folder / 'returned.json').read_text())
 
 
 @pytest.fixture(scope='session')

@@ -1,5 +1,8 @@
 """The deterministic model and global batch shared by the data-parallel equivalence tests."""
 
+import functools
+
+from flax import jax_utils
 import jax
 import ml_collections
 import numpy as np
@@ -31,3 +34,25 @@ def setup(axis_name=None, seed=0):
   variables = RetrievalModel(spec).init(jax.random.key(seed), dummy_inputs(spec), train=False)
   loss = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2, 'fix_norm': True})
   return RetrievalModel(spec, axis_name=axis_name), variables, batch, table, loss
+
+
+def global_step(devices: int, process: int = 0, processes: int = 1) -> dict[str, np.ndarray]:
+  """This process's slice of the global batch over its first `devices` local devices through
+  the pmapped `loss_and_grads`: the loss ('loss'), gradients ('g' + path) and new BatchNorm
+  statistics ('s' + path), as host arrays."""
+  from jaxretrieval import train
+  model, variables, batch, table, loss_config = setup(axis_name=train.AXIS)
+  per_host = GLOBAL_BATCH // processes
+  mine = jax.tree.map(lambda x: x[process * per_host:(process + 1) * per_host], batch)
+  sharded = jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), mine)
+  local = jax.local_devices()[:devices]
+  # Over several processes pmap takes every process's devices (devices=None).
+  step = jax.pmap(functools.partial(train.loss_and_grads, model=model, loss_config=loss_config),
+                  axis_name=train.AXIS, devices=local if processes == 1 else None)
+  rep = lambda tree: jax_utils.replicate(tree, local)
+  loss, grads, stats = step(rep(variables['params']), rep(variables['batch_stats']), sharded,
+                            rep(table))
+  flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v[0]) for k, v in
+                       jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {'loss': np.asarray(loss[0]), **{'g' + k: v for k, v in flat(grads).items()},
+          **{'s' + k: v for k, v in flat(stats).items()}}

@@ -7,7 +7,6 @@ the batch (split over its DEVICES local devices) to the pmapped `loss_and_grads`
 writes the loss, the gradients and the new BatchNorm statistics.
 """
 
-import functools
 import os
 import sys
 
@@ -24,25 +23,12 @@ if len(sys.argv) > 3:
 else:
   process, processes = 0, 1
 
-from flax import jax_utils  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from jaxretrieval import train  # pylint: disable=g-import-not-at-top
-from tests.parallel_setup import GLOBAL_BATCH, setup  # pylint: disable=g-import-not-at-top
+from tests.parallel_setup import global_step  # pylint: disable=g-import-not-at-top
 
-model, variables, batch, table, loss_config = setup(axis_name=train.AXIS)
-per_host = GLOBAL_BATCH // processes
-mine = jax.tree.map(lambda x: x[process * per_host:(process + 1) * per_host], batch)
-sharded = jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), mine)
-step = jax.pmap(functools.partial(train.loss_and_grads, model=model, loss_config=loss_config),
-                axis_name=train.AXIS)
-loss, grads, stats = step(jax_utils.replicate(variables['params']),
-                          jax_utils.replicate(variables['batch_stats']), sharded,
-                          jax_utils.replicate(table))
-flat = lambda tree: {jax.tree_util.keystr(k): np.asarray(v[0]) for k, v in
-                     jax.tree_util.tree_flatten_with_path(tree)[0]}
+result = global_step(devices, process, processes)
 if process == 0:
-  np.savez(out, loss=np.asarray(loss[0]), **{'g' + k: v for k, v in flat(grads).items()},
-           **{'s' + k: v for k, v in flat(stats).items()})
+  np.savez(out, **result)
 if processes > 1:
   jax.distributed.shutdown()

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests.parallel_setup import global_step
+
 
 def _run(tmp_path, name, devices, processes=1):
   out = tmp_path / f'{name}.npz'
@@ -37,8 +39,9 @@ def _compare(got, want):
 
 
 @pytest.fixture(scope='module')
-def single_device(tmp_path_factory):
-  return _run(tmp_path_factory.mktemp('one'), 'one', 1)
+def single_device():
+  """The reference: one device, in this process (the same code as the workers)."""
+  return global_step(1)
 
 
 def test_eight_devices_match_one(single_device, tmp_path):

@@ -60,10 +60,12 @@ def _event_tags(workdir) -> set[str]:
 
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(synthcaps_tiny, tmp_path):
-  epochs = '--config.num_epochs=4'
-  _launch(tmp_path / 'straight', synthcaps_tiny, epochs)
+  """launch.py killed (SIGKILL) once its first checkpoint is written, then resumed, ends as
+  a run that was never interrupted (both of these in-process: same code, same programs)."""
+  config = tiny_config(synthcaps_tiny, num_epochs=4)
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
   killed = tmp_path / 'killed'
-  process = _launch(killed, synthcaps_tiny, epochs, wait=False)
+  process = _launch(killed, synthcaps_tiny, '--config.num_epochs=4', wait=False)
   deadline = time.time() + 300
   while checkpointing.latest_step(killed) is None and time.time() < deadline:
     time.sleep(0.2)
@@ -71,7 +73,7 @@ def test_resume_after_kill_matches_uninterrupted_run(synthcaps_tiny, tmp_path):
   process.wait()
   stopped_at = checkpointing.latest_step(killed)
   assert stopped_at is not None and stopped_at < 4 and not (killed / 'results.json').exists()
-  _launch(killed, synthcaps_tiny, epochs)
+  train.train_and_evaluate(config, str(killed))
   a = json.loads((tmp_path / 'straight' / 'results.json').read_text())
   b = json.loads((killed / 'results.json').read_text())
   assert a['best_epoch'] == b['best_epoch']
