@@ -197,7 +197,13 @@ def loss_and_grads(params, batch_stats, batch: dict, word_table: jax.Array | Non
     return loss, updates['batch_stats']
 
   (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  return jax.lax.psum(loss, AXIS), jax.lax.psum(grads, AXIS), new_stats
+  return _sum_over_devices(loss), _sum_over_devices(grads), new_stats
+
+
+def _sum_over_devices(tree):
+  """`psum` over the pmapped devices; on one device the tree itself (XLA:CPU would copy
+  the whole gradient for a one-device all-reduce)."""
+  return tree if jax.lax.axis_size(AXIS) == 1 else jax.lax.psum(tree, AXIS)
 
 
 def train_step(state: TrainState, batch: dict, word_table: jax.Array | None, *,
