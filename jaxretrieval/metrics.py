@@ -27,17 +27,29 @@ _NEAR_TIES = 4096
 ScoreRows = Callable[[jax.Array], jax.Array]  # query rows [C] -> similarities [C, N]
 
 
+# The a2t comparisons are laid out `[C, N, K]` (chunk rows, items, own captions) and reduced
+# over the leading axis: the chunk's `[C, N]` rows are read in order (a transposed `[N, C, K]`
+# layout made XLA:CPU read them strided, several times slower at 5,000 items and more).
+
+
 def _own_caption(rows: jax.Array, k: int, n: int) -> jax.Array:
-  """`[N, C, K]`: True where chunk row c is item n's own caption k."""
-  return (((rows // k)[None, :, None] == jnp.arange(n)[:, None, None])
-          & ((rows % k)[None, :, None] == jnp.arange(k)[None, None, :]))
+  """`[C, N, K]`: True where chunk row c is item n's own caption k."""
+  return (((rows // k)[:, None, None] == jnp.arange(n)[None, :, None])
+          & ((rows % k)[:, None, None] == jnp.arange(k)[None, None, :]))
 
 
 def _near(sims, rows, k, valid, low, high):
-  """`[N, C, K]`: real rows of other captions scoring within [low, high] of an item's own."""
-  s = sims.T[:, :, None]  # [N, C, 1]
-  near = (s >= low[:, None, :]) & (s <= high[:, None, :]) & valid[None, :, None]
+  """`[C, N, K]`: real rows of other captions scoring within [low, high] of an item's own."""
+  s = sims[:, :, None]  # [C, N, 1]
+  near = (s >= low[None]) & (s <= high[None]) & valid[:, None, None]
   return near & ~_own_caption(rows, k, sims.shape[1])
+
+
+def _near_pairs(sims, rows, k, valid, low, high):
+  """`[C, N]`: the (chunk row, item) pairs of `_near` (in any of the item's windows); the
+  pairs, K times fewer than the triples, are what is fetched, the windows sorted out on the
+  host."""
+  return jnp.any(_near(sims, rows, k, valid, low, high), axis=2)
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -48,29 +60,31 @@ def _chunk_counts(sims: jax.Array, rows: jax.Array, k: int, valid: jax.Array, lo
   t2a, per row: its ground truth's score (exact: read from this chunk), #items scored higher,
   #scored equal. a2t, per item and own caption with approximate score in [low, high]: #real
   captions of the chunk scored above `high` (so above the exact own score), and the number
-  of other captions within [low, high], which need an exact comparison. Plus finiteness.
+  of (caption, item) pairs within one of the item's windows, which need an exact comparison.
+  Plus finiteness.
   """
   target = jnp.take_along_axis(sims, (rows // k)[:, None], axis=1)  # [C, 1]
-  above = jnp.sum((sims.T[:, :, None] > high[:, None, :]) & valid[None, :, None], axis=1)
+  above = jnp.sum((sims[:, :, None] > high[None]) & valid[:, None, None], axis=0)  # [N, K]
   return (target[:, 0], jnp.sum(sims > target, axis=1), jnp.sum(sims == target, axis=1),
-          above, jnp.sum(_near(sims, rows, k, valid, low, high)), jnp.all(jnp.isfinite(sims)))
+          above, jnp.sum(_near_pairs(sims, rows, k, valid, low, high)),
+          jnp.all(jnp.isfinite(sims)))
 
 
 @functools.partial(jax.jit, static_argnums=(2, 6))
 def _near_entries(sims, rows, k, valid, low, high, size: int):
-  """(item, chunk row, own caption) indices and scores of the chunk's near-ties."""
-  item, row, caption = jnp.nonzero(_near(sims, rows, k, valid, low, high), size=size,
-                                   fill_value=0)
-  return item, row, caption, sims[row, item]
+  """(item, chunk row) indices and scores of the chunk's near-tie pairs."""
+  row, item = jnp.nonzero(_near_pairs(sims, rows, k, valid, low, high), size=size,
+                          fill_value=0)
+  return item, row, sims[row, item]
 
 
 @jax.jit
 def _a2t_counts(sims: jax.Array, real: jax.Array, own: jax.Array):
   """Per item and own caption: #real captions of the chunk scored higher / equal."""
-  s = sims.T[:, :, None]  # [N, C, 1]
-  real = real[None, :, None]  # [1, C, 1]
-  own = own[:, None, :]  # [N, 1, K]
-  return jnp.sum((s > own) & real, axis=1), jnp.sum((s == own) & real, axis=1)  # [N, K]
+  s = sims[:, :, None]  # [C, N, 1]
+  real = real[:, None, None]  # [C, 1, 1]
+  own = own[None]  # [1, N, K]
+  return jnp.sum((s > own) & real, axis=0), jnp.sum((s == own) & real, axis=0)  # [N, K]
 
 
 def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
@@ -99,15 +113,16 @@ def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
   approx = np.asarray(targets, np.float32).reshape(n, k)
   tolerance = _TOLERANCE * np.maximum(1.0, np.abs(approx))
   # Absent captions are no a2t candidates: their window is empty.
-  low = jnp.asarray(np.where(mask, approx - tolerance, np.inf), jnp.float32)
-  high = jnp.asarray(np.where(mask, approx + tolerance, np.inf), jnp.float32)
+  low_host = np.where(mask, approx - tolerance, np.inf).astype(np.float32)
+  high_host = np.where(mask, approx + tolerance, np.inf).astype(np.float32)
+  low, high = jnp.asarray(low_host), jnp.asarray(high_host)
   counts, near = [], []
-  for r, v in zip(rows, valid):
+  for i, r, v in zip(index, rows, valid):
     sims = score_rows(r)
     counts.append(_chunk_counts(sims, r, k, v, low, high))
     found = int(counts[-1][4])
     if 0 < found <= _NEAR_TIES:
-      near.append((found, _near_entries(sims, r, k, v, low, high, _NEAR_TIES)))
+      near.append((found, i, _near_entries(sims, r, k, v, low, high, _NEAR_TIES)))
   if not all(bool(c[5]) for c in counts):
     raise ValueError('similarity matrix holds NaN or Inf: an item without any available '
                      'expert, or a diverged model')
@@ -119,11 +134,16 @@ def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
   if exact_enough and all(int(c[4]) <= _NEAR_TIES for c in counts):
     a2t_below = sum(np.asarray(c[3], np.int64) for c in counts)
     a2t_equal = np.ones((n, k), np.int64)  # each own caption ties with itself
-    for found, entries in near:
-      item, _, caption, score = (np.asarray(e)[:found] for e in entries)
-      exact = own[item, caption]
-      np.add.at(a2t_below, (item, caption), score > exact)
-      np.add.at(a2t_equal, (item, caption), score == exact)
+    for found, chunk_rows, entries in near:
+      item, row, score = (np.asarray(e)[:found] for e in entries)
+      # The windows each pair falls in, other than its own caption's (as `_near`).
+      caption_row = item[:, None] * k + np.arange(k)[None, :]  # [F, K]
+      inside = ((score[:, None] >= low_host[item]) & (score[:, None] <= high_host[item])
+                & (chunk_rows[row][:, None] != caption_row))
+      pair, caption = np.nonzero(inside)
+      exact = own[item[pair], caption]
+      np.add.at(a2t_below, (item[pair], caption), score[pair] > exact)
+      np.add.at(a2t_equal, (item[pair], caption), score[pair] == exact)
   else:
     a2t_below, a2t_equal = _recount_a2t(score_rows, rows, valid, own)
   a2t_ranks = np.where(mask, a2t_below + (a2t_equal - 1) / 2.0, np.inf)
