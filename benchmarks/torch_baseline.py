@@ -251,20 +251,11 @@ def _tie_averaged(sorted_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 def retrieval_ranks(sims: np.ndarray, query_masks: np.ndarray):
-  """t2a and a2t ranks of §5 by sorting the distance rows, as the reference computes them."""
+  """t2a and a2t ranks of §5 by sorting the distance rows of the whole `[N * K, N]` matrix,
+  as the reference computes them: `chunked_retrieval_ranks` with one block each way."""
   n, k = query_masks.shape
-  real = query_masks.reshape(-1) > 0
-  dists = -sims
-  t2a = _tie_averaged(np.sort(dists, axis=1), dists[np.arange(n * k), np.arange(n * k) // k])
-  d = dists.T.copy()  # [N, N * K]
-  d[:, ~real] = 1e8
-  sorted_d = np.sort(d, axis=1)
-  a2t = np.full(n, np.inf)
-  for c in range(k):
-    own = d[np.arange(n), np.arange(n) * k + c]
-    ranks = _tie_averaged(sorted_d, own)
-    a2t = np.where(real.reshape(n, k)[:, c], np.minimum(a2t, ranks), a2t)
-  return t2a[real], a2t
+  return chunked_retrieval_ranks(lambda rows, items: sims[rows, items], query_masks,
+                                 query_chunk=n * k, item_chunk=n)
 
 
 @torch.no_grad()
@@ -295,10 +286,11 @@ def block_scores(texts, w, audio, ind):
 
 
 def chunked_retrieval_ranks(score, query_masks: np.ndarray, query_chunk: int, item_chunk: int):
-  """`retrieval_ranks` without the whole `[N * K, N]` matrix: t2a ranks sort the rows of
+  """The reference's sort-based tie-averaged ranks (t2a for every real caption, a2t per
+  item from its best own caption) block by block: t2a ranks sort the rows of
   `[query_chunk, N]` blocks, a2t ranks the rows of transposed `[N * K, item_chunk]`
-  blocks, both from `score(rows, items)` (`block_scores`), with the same sort-based
-  tie-averaged ranks. BLAS may round a block's products differently from the whole
+  blocks, both from `score(rows, items)` (`block_scores`; one block each way is
+  `retrieval_ranks`). BLAS may round a block's products differently from the whole
   matrix's in the last bit, so ranks can differ only between scores within a rounding."""
   n, k = query_masks.shape
   real = query_masks.reshape(-1) > 0

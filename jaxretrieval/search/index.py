@@ -66,7 +66,7 @@ def main(argv):
     sys.exit('pass --workdir and --out to build an index (or --add/--remove with --to)')
   try:
     n = build_index(f.workdir, f.out, f.data, f.split, f.data_dir, f.word_vectors, f.dtype,
-                        f.audio_root, f.shard_items)
+                    f.audio_root, f.shard_items)
   except (FileNotFoundError, ValueError) as e:
     sys.exit(f'cannot build {f.out}: {e}')
   print(f'indexed {n} items into {f.out}; search with: python -m jaxretrieval.search.query '

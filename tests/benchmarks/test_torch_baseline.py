@@ -78,24 +78,25 @@ def test_same_weights_same_loss_over_seven_training_steps(variant, fused):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), theirs, ours)
 
 
-def test_sort_based_ranks_equal_ours_with_ties_and_masks():
-  from jaxretrieval.metrics import metrics_from_ranks, retrieval_metrics
-  rng = np.random.default_rng(5)
-  n, k = 17, 3
-  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)  # many exact ties
+def _tied_scores(seed: int, n: int = 17, k: int = 3):
+  """A `[N * K, N]` matrix with many exact ties, and query masks with empty caption slots."""
+  rng = np.random.default_rng(seed)
+  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)
   masks = (rng.uniform(size=(n, k)) > 0.3).astype(np.float32)
   masks[:, 0] = 1
+  return sims, masks
+
+
+def test_sort_based_ranks_equal_ours_with_ties_and_masks():
+  from jaxretrieval.metrics import metrics_from_ranks, retrieval_metrics
+  sims, masks = _tied_scores(5)
   t2a, a2t = torch_baseline.retrieval_ranks(sims, masks)
   assert {'t2a': metrics_from_ranks(t2a), 'a2t': metrics_from_ranks(a2t)} == retrieval_metrics(
       sims, masks)
 
 
 def test_chunked_ranks_equal_whole_matrix_ranks_with_ties_and_masks():
-  rng = np.random.default_rng(6)
-  n, k = 17, 3
-  sims = np.round(rng.normal(size=(n * k, n)), 1).astype(np.float32)  # many exact ties
-  masks = (rng.uniform(size=(n, k)) > 0.3).astype(np.float32)
-  masks[:, 0] = 1
+  sims, masks = _tied_scores(6)
   whole = torch_baseline.retrieval_ranks(sims, masks)
   chunked = torch_baseline.chunked_retrieval_ranks(lambda rows, items: sims[rows, items], masks,
                                                    query_chunk=7, item_chunk=4)
