@@ -11,7 +11,8 @@ import os
 import sys
 
 out, devices = sys.argv[1], int(sys.argv[2])
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+os.environ['XLA_FLAGS'] = (f"{os.environ.get('XLA_FLAGS', '')} "
+                           f'--xla_force_host_platform_device_count={devices}')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top

@@ -113,7 +113,8 @@ print(json.dumps(out))
 
 
 def test_eight_devices_rank_as_one(streamed_index):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+             '--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   root = pathlib.Path(__file__).parents[2]
   run = subprocess.run([sys.executable, '-c', _SHARDED, str(streamed_index)], env=env,
