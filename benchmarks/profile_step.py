@@ -107,9 +107,9 @@ def main(argv):
   if _PROFILE_DIR.value:
     with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
       whole(True)()
-    schedule = run.schedule(lr)
+    opt = run.optimisation(lr)
     hlo = jax.pmap(lambda s, b, t: train.train_step(
-        s, b, t, update=train.make_update(config, schedule), schedule=schedule, **kw),
+        s, b, t, update=opt.update, schedule=opt.schedule, **kw),
                    axis_name=train.AXIS).lower(boxes[True]['state'], batches[0],
                                                run.word_table).compile().as_text()
     print(_top_ops(pathlib.Path(_PROFILE_DIR.value), hlo))

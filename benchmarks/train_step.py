@@ -122,11 +122,10 @@ def _step_flops(run, state, batch) -> float | None:
   """FLOPs of one global step (host-gathered batches), summed over devices, from XLA."""
   if run.device_data is not None:
     return None
-  schedule = run.schedule(run.config.optimizer.learning_rate)
-  update = train.make_update(run.config, schedule)
+  opt = run.optimisation(run.config.optimizer.learning_rate)
   fn = jax.pmap(lambda s, b, t: train.train_step(s, b, t, model=run.model,
                                                  loss_config=run.config.loss,
-                                                 schedule=schedule, update=update),
+                                                 schedule=opt.schedule, update=opt.update),
                 axis_name=train.AXIS)
   cost = fn.lower(state, batch, run.word_table).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

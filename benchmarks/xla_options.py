@@ -45,12 +45,12 @@ def main(argv):
   config = common.experiment(_DATASET.value, _VARIANT.value, ('vggish', 'vggsound'))
   run = train.Experiment(config, None, synthetic_datasets(config, train=512, val=8, test=8))
   lr = config.optimizer.learning_rate
-  schedule = run.schedule(lr)
+  opt = run.optimisation(lr)
   batches = list(run.batches(0))
 
   def step(state, batch, table):
     return train.train_step(state, batch, table, model=run.model, loss_config=config.loss,
-                            schedule=schedule, update=train.make_update(config, schedule))
+                            schedule=opt.schedule, update=opt.update)
 
   initial = run.new_state(lr)  # one optimizer object: the compiled steps take its states
   lowered = jax.pmap(step, axis_name=train.AXIS, donate_argnums=(0,)).lower(

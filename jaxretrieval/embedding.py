@@ -1,6 +1,8 @@
 """The towers in eval mode over all local devices: a split's items and captions embedded
 in fixed-size chunks (BatchNorm uses running statistics, so chunking changes nothing)."""
 
+import functools
+
 import jax
 import numpy as np
 
@@ -16,17 +18,7 @@ class Embedder:
     self.chunk = chunk
     self.devices = jax.local_device_count()
     self.names = tuple(model.spec.expert_names)  # the order of weights/availability columns
-
-    def audio(variables, batch):
-      return model.apply(variables, batch['experts'], batch['availability'], False,
-                         lengths=batch['expert_lengths'], method=RetrievalModel.encode_audio)
-
-    def text(variables, batch, table):
-      return model.apply(variables, table[batch['text_ids']], False,
-                         lengths=batch['text_lengths'], method=RetrievalModel.encode_text)
-
-    self._audio = jax.pmap(audio, axis_name='batch')
-    self._text = jax.pmap(text, axis_name='batch')  # the word table is replicated too
+    self._audio, self._text = _towers(model)
 
   def _chunks(self, fn, arrays: dict, n: int):
     """fn over `arrays` (leading dim n) in equal rounds of at most devices x chunk rows; the
@@ -69,12 +61,7 @@ class MMTEmbedder(Embedder):
   def __init__(self, model: mmt.MMT, chunk: int, config):  # pylint: disable=super-init-not-called
     self.chunk, self.devices = chunk, jax.local_device_count()
     self.spec, self.config = model.spec, config
-    self._audio = jax.pmap(lambda v, batch: model.apply(v, batch, False,
-                                                        method=mmt.MMT.encode_audio),
-                           axis_name='batch')
-    self._text = jax.pmap(lambda v, batch: model.apply(v, batch['tokens'], batch['token_mask'],
-                                                       False, method=mmt.MMT.encode_text),
-                          axis_name='batch')
+    self._audio, self._text = _mmt_towers(model)
     self._audio_inputs = {}  # split name -> its items' audio inputs (fixed at evaluation)
 
   def audio_inputs(self, data: SplitArrays) -> dict:
@@ -95,3 +82,31 @@ class MMTEmbedder(Embedder):
         data.caption_lengths[rows][first], tokens.shape[1])}
     text, weights = self._chunks(lambda b: self._text(variables, b), arrays, len(unique))
     return jax.tree.map(lambda x: x[inverse.reshape(-1)], (text, weights))
+
+
+# The pmapped towers of a model, shared by every Embedder of an equal model in this process
+# (a resume, a seed sweep, the tests): each program is traced and compiled once.
+@functools.lru_cache(maxsize=8)
+def _towers(model: RetrievalModel):
+  def audio(variables, batch):
+    return model.apply(variables, batch['experts'], batch['availability'], False,
+                       lengths=batch['expert_lengths'], method=RetrievalModel.encode_audio)
+
+  def text(variables, batch, table):
+    return model.apply(variables, table[batch['text_ids']], False,
+                       lengths=batch['text_lengths'], method=RetrievalModel.encode_text)
+
+  # The word table is replicated too.
+  return jax.pmap(audio, axis_name='batch'), jax.pmap(text, axis_name='batch')
+
+
+@functools.lru_cache(maxsize=8)
+def _mmt_towers(model: mmt.MMT):
+  def audio(variables, batch):
+    return model.apply(variables, batch, False, method=mmt.MMT.encode_audio)
+
+  def text(variables, batch):
+    return model.apply(variables, batch['tokens'], batch['token_mask'], False,
+                       method=mmt.MMT.encode_text)
+
+  return jax.pmap(audio, axis_name='batch'), jax.pmap(text, axis_name='batch')

@@ -21,7 +21,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -121,14 +121,16 @@ def bert_tokens(config) -> BertTokens:
   return tokens
 
 
-def lr_schedule(config, steps_per_epoch: int, base_lr: float) -> optax.Schedule:
-  """base_lr * decay^(epoch - 1): decayed once per epoch, after validation (§4.3)."""
-  decay = config.optimizer.lr_decay
+def lr_schedule(optimizer, steps_per_epoch: int, base_lr: float) -> optax.Schedule:
+  """base_lr * decay^(epoch - 1): decayed once per epoch, after validation (§4.3).
+  `optimizer` is config.optimizer."""
+  decay = optimizer.lr_decay
   return lambda count: base_lr * decay ** (count // steps_per_epoch)
 
 
-def make_optimizer(config, schedule) -> optax.GradientTransformation:
-  o = config.optimizer
+def make_optimizer(optimizer, schedule) -> optax.GradientTransformation:
+  """config.optimizer's optax transformation."""
+  o = optimizer
   if o.name == 'ranger':
     return ranger(schedule, o.weight_decay)
   if o.name == 'adamw':
@@ -136,14 +138,72 @@ def make_optimizer(config, schedule) -> optax.GradientTransformation:
   raise ValueError(f"config.optimizer.name={o.name!r}: expected 'ranger' or 'adamw'")
 
 
-def make_update(config, schedule) -> Update | None:
+def make_update(optimizer, schedule) -> Update | None:
   """The step's parameter update: Ranger as one fused pass (`optim.ranger_apply`, the same
   arithmetic and state as `make_optimizer`'s chain) if config.optimizer.fused; None
   (optax's update and `apply_gradients`) otherwise and for other optimizers."""
-  o = config.optimizer
+  o = optimizer
   if o.name == 'ranger' and o.fused:
     return ranger_apply(schedule, o.weight_decay)
   return None
+
+
+class Optimisation(NamedTuple):
+  """What `config.optimizer` makes for a run: the learning-rate schedule, the optax
+  transformation (the TrainState's `tx`) and the step's fused update (`make_update`)."""
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  update: Update | None
+
+
+# Programs are cached per process by what defines them (the frozen optimizer config, the
+# model, ...): experiments that share them (a resume, a seed sweep, the tests) reuse one
+# traced and compiled program instead of tracing and lowering it again.
+@functools.lru_cache(maxsize=8)
+def optimisation(optimizer: ml_collections.FrozenConfigDict, steps_per_epoch: int,
+                 base_lr: float) -> Optimisation:
+  """The `Optimisation` of config.optimizer (frozen) at `base_lr`; equal arguments give the
+  same objects, so TrainStates built on them share the step's compiled program."""
+  schedule = lr_schedule(optimizer, steps_per_epoch, base_lr)
+  return Optimisation(schedule, make_optimizer(optimizer, schedule),
+                      make_update(optimizer, schedule))
+
+
+@functools.lru_cache(maxsize=16)
+def _one_instance(model: RetrievalModel | mmt.MMT) -> RetrievalModel | mmt.MMT:
+  """The first of the equal models built in this process: a TrainState's `apply_fn` (part of
+  its tree structure, compared by identity) is then the same for every run of the model."""
+  return model
+
+
+@functools.lru_cache(maxsize=8)
+def _init_program(model: RetrievalModel | mmt.MMT):
+  return jax.jit(functools.partial(model.init, train=False))
+
+
+@functools.lru_cache(maxsize=8)
+def _step_program(model: RetrievalModel | mmt.MMT, loss_config: ml_collections.FrozenConfigDict,
+                  opt: Optimisation, seed: int, inputs: str):
+  """The pmapped `train_step` for batches of `inputs`: 'mmt' (the model's inputs),
+  'host' (pipeline batches and the word table) or 'device' (row indices into the training
+  arrays on the devices, and the word table)."""
+  step = functools.partial(train_step, model=model, loss_config=loss_config,
+                           schedule=opt.schedule, update=opt.update, seed=seed)
+  if inputs == 'mmt':
+    return jax.pmap(lambda state, batch: step(state, batch, None), axis_name=AXIS,
+                    donate_argnums=(0,))
+  if inputs == 'host':
+    return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+
+  def indexed(state, index, source, table):
+    return step(state, input_pipeline.gather(source, index, jnp), table)
+
+  return jax.pmap(indexed, axis_name=AXIS, donate_argnums=(0,))
+
+
+@functools.partial(jax.pmap, axis_name=AXIS)
+def _on_devices(tree):
+  return tree
 
 
 def model_inputs(batch: dict, word_table: jax.Array) -> Batch:
@@ -306,8 +366,8 @@ class Experiment:
     dtype = jnp.dtype(config.dtype)
     self.mmt = is_mmt(config)
     model_class = mmt.MMT if self.mmt else RetrievalModel
-    self.model = model_class(self.spec, axis_name=AXIS, dtype=dtype)
-    self.eval_model = model_class(self.spec, dtype=dtype)
+    self.model = _one_instance(model_class(self.spec, axis_name=AXIS, dtype=dtype))
+    self.eval_model = _one_instance(model_class(self.spec, dtype=dtype))
     self.train, self.val, self.test = data.train, data.val, data.test
     self.word_table = None if self.mmt else jax_utils.replicate(jnp.asarray(data.words))
     self.devices = jax.local_device_count()
@@ -321,13 +381,17 @@ class Experiment:
     self.device_data = (jax_utils.replicate(input_pipeline.arrays(self.train))
                         if config.data_on_device else None)
 
+  def optimisation(self, base_lr: float) -> Optimisation:
+    return optimisation(ml_collections.FrozenConfigDict(self.config.optimizer),
+                        self.steps_per_epoch, base_lr)
+
   def schedule(self, base_lr: float) -> optax.Schedule:
-    return lr_schedule(self.config, self.steps_per_epoch, base_lr)
+    return self.optimisation(base_lr).schedule
 
   def init_variables(self) -> dict:
     """The model's {'params', 'batch_stats'} initialised from config.seed."""
     c = self.config
-    init = jax.jit(functools.partial(self.eval_model.init, train=False))
+    init = _init_program(self.eval_model)
     if self.mmt:
       return dict(init(jax.random.key(c.seed), mmt.dummy_batch(self.spec)))
     # Shapes of the batch do not change the variables: one small batch, so that every run of
@@ -351,26 +415,17 @@ class Experiment:
     variables = variables or self.init_variables()
     return TrainState.create(apply_fn=self.eval_model.apply, params=variables['params'],
                              batch_stats=variables['batch_stats'],
-                             tx=make_optimizer(self.config, self.schedule(base_lr)))
+                             tx=self.optimisation(base_lr).tx)
 
   def compile_train_step(self, base_lr: float):
     """The pmapped step: `step(state, batch) -> (state, metrics)`."""
-    schedule = self.schedule(base_lr)
-    step = functools.partial(train_step, model=self.model, loss_config=self.config.loss,
-                             schedule=schedule, update=make_update(self.config, schedule),
-                             seed=self.config.seed)
-    if self.mmt:
-      p_step = jax.pmap(lambda state, batch: step(state, batch, None), axis_name=AXIS,
-                        donate_argnums=(0,))
+    inputs = 'mmt' if self.mmt else 'host' if self.device_data is None else 'device'
+    p_step = _step_program(self.model, ml_collections.FrozenConfigDict(self.config.loss),
+                           self.optimisation(base_lr), self.config.seed, inputs)
+    if inputs == 'mmt':
       return p_step
-    if self.device_data is None:
-      p_step = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,))
+    if inputs == 'host':
       return lambda state, batch: p_step(state, batch, self.word_table)
-
-    def indexed(state, index, source, table):
-      return step(state, input_pipeline.gather(source, index, jnp), table)
-
-    p_step = jax.pmap(indexed, axis_name=AXIS, donate_argnums=(0,))
     return lambda state, index: p_step(state, index, self.device_data, self.word_table)
 
   def validate(self, variables: dict, data, num_captions: int) -> dict:
@@ -397,7 +452,7 @@ class Experiment:
 def replicate(tree):
   """`tree` on every local device, laid out as the pmapped step returns its outputs, so
   the step's second call does not recompile for a different input sharding."""
-  return jax.pmap(lambda x: x, axis_name=AXIS)(jax_utils.replicate(tree))
+  return _on_devices(jax_utils.replicate(tree))
 
 
 def _variables(state: TrainState) -> dict:

@@ -39,7 +39,7 @@ def small(config):
 
 def one_step(config, dims=None, batch_size=4):
   spec = model_spec(config, dims)
-  schedule = train.lr_schedule(config, 10, config.optimizer.learning_rate)
+  schedule = train.lr_schedule(config.optimizer, 10, config.optimizer.learning_rate)
   rng = np.random.default_rng(0)
   batch = {
       'experts': {e.name: rng.normal(size=(batch_size, config.max_tokens[e.name], e.dim)
@@ -56,7 +56,7 @@ def one_step(config, dims=None, batch_size=4):
   variables = model.init(jax.random.key(0), dummy_inputs(spec, 2, config.max_tokens), train=False)
   state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
                                   batch_stats=variables['batch_stats'],
-                                  tx=train.make_optimizer(config, schedule))
+                                  tx=train.make_optimizer(config.optimizer, schedule))
   step = jax.pmap(functools.partial(train.train_step, model=RetrievalModel(spec, axis_name='batch'),
                                     loss_config=config.loss, schedule=schedule), axis_name='batch')
   before = jax.tree.leaves(state.params)[0].copy()

@@ -45,7 +45,7 @@ def test_original_protocol_and_arguments():
 
 def test_learning_rate_decays_by_0_9_per_epoch():
   c = mmt_audiocaps.get_config()
-  schedule = train.lr_schedule(c, 1000, c.optimizer.learning_rate)
+  schedule = train.lr_schedule(c.optimizer, 1000, c.optimizer.learning_rate)
   np.testing.assert_allclose([schedule(0), schedule(999), schedule(1000), schedule(2500)],
                              [5e-5, 5e-5, 4.5e-5, 5e-5 * 0.81], rtol=1e-6)
 
@@ -84,7 +84,8 @@ def test_tiny_mmt_learns_well_above_chance():
   model = mmt.MMT(spec)
   batch = toy_batch()
   variables = jax.jit(lambda key: model.init(key, batch, False))(jax.random.key(0))
-  tx = train.make_optimizer(c, train.lr_schedule(c, 10, c.optimizer.learning_rate))
+  tx = train.make_optimizer(c.optimizer,
+                            train.lr_schedule(c.optimizer, 10, c.optimizer.learning_rate))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, batch_stats):
