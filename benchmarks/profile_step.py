@@ -30,6 +30,7 @@ import jax
 from benchmarks.common import alternate, emit, machine, synthetic_datasets, table
 from configs import common
 from jaxretrieval import train
+from jaxretrieval.step import AXIS, contrastive_loss, loss_and_grads, model_inputs, train_step
 
 _VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')
 _DATASET = flags.DEFINE_enum('dataset', 'clotho', ['clotho', 'audiocaps'], 'shapes')
@@ -49,18 +50,18 @@ def main(argv):
   kw = dict(model=run.model, loss_config=config.loss)
 
   def forward(s, b, t):
-    inputs = train.model_inputs(b, t)
+    inputs = model_inputs(b, t)
     (text, weights, audio), _ = run.model.apply(
         {'params': s.params, 'batch_stats': s.batch_stats}, inputs, train=True,
         mutable=['batch_stats'], method=run.model.embed)
-    return train.contrastive_loss(s.params, config.loss, run.spec.expert_names, text, weights,
-                                  audio, b['availability'], b['row_mask'] > 0)
+    return contrastive_loss(s.params, config.loss, run.spec.expert_names, text, weights,
+                            audio, b['availability'], b['row_mask'] > 0)
 
   parts = {
-      'forward': jax.pmap(forward, axis_name=train.AXIS),
+      'forward': jax.pmap(forward, axis_name=AXIS),
       'forward+backward': jax.pmap(
-          lambda s, b, t: train.loss_and_grads(s.params, s.batch_stats, b, t, **kw),
-          axis_name=train.AXIS),
+          lambda s, b, t: loss_and_grads(s.params, s.batch_stats, b, t, **kw),
+          axis_name=AXIS),
   }
   steps = {}
   for fused in (False, True):
@@ -108,10 +109,10 @@ def main(argv):
     with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
       whole(True)()
     opt = run.optimisation(lr)
-    hlo = jax.pmap(lambda s, b, t: train.train_step(
+    hlo = jax.pmap(lambda s, b, t: train_step(
         s, b, t, update=opt.update, schedule=opt.schedule, **kw),
-                   axis_name=train.AXIS).lower(boxes[True]['state'], batches[0],
-                                               run.word_table).compile().as_text()
+                   axis_name=AXIS).lower(boxes[True]['state'], batches[0],
+                                         run.word_table).compile().as_text()
     print(_top_ops(pathlib.Path(_PROFILE_DIR.value), hlo))
 
 

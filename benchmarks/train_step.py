@@ -36,6 +36,7 @@ from benchmarks.common import (
 )
 from configs import common
 from jaxretrieval import input_pipeline, train
+from jaxretrieval.step import AXIS, train_step
 
 _VARIANTS = flags.DEFINE_list('variants', ['ce', 'moee'], 'model variants')
 _DATASETS = flags.DEFINE_list('datasets', ['audiocaps', 'clotho'], 'shapes of these datasets')
@@ -123,10 +124,10 @@ def _step_flops(run, state, batch) -> float | None:
   if run.device_data is not None:
     return None
   opt = run.optimisation(run.config.optimizer.learning_rate)
-  fn = jax.pmap(lambda s, b, t: train.train_step(s, b, t, model=run.model,
-                                                 loss_config=run.config.loss,
-                                                 schedule=opt.schedule, update=opt.update),
-                axis_name=train.AXIS)
+  fn = jax.pmap(lambda s, b, t: train_step(s, b, t, model=run.model,
+                                           loss_config=run.config.loss,
+                                           schedule=opt.schedule, update=opt.update),
+                axis_name=AXIS)
   cost = fn.lower(state, batch, run.word_table).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   flops = (cost or {}).get('flops')

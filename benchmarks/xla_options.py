@@ -19,6 +19,7 @@ import numpy as np
 from benchmarks.common import alternate, emit, machine, synthetic_datasets, table
 from configs import common
 from jaxretrieval import train
+from jaxretrieval.step import AXIS, train_step
 
 # This jaxlib already hands dots (with the element-wise ops and reductions around them) to
 # YNNPACK by default (`ynn_fusion` in the compiled HLO); 'eigen_dot' switches that off.
@@ -49,11 +50,11 @@ def main(argv):
   batches = list(run.batches(0))
 
   def step(state, batch, table):
-    return train.train_step(state, batch, table, model=run.model, loss_config=config.loss,
-                            schedule=opt.schedule, update=opt.update)
+    return train_step(state, batch, table, model=run.model, loss_config=config.loss,
+                      schedule=opt.schedule, update=opt.update)
 
   initial = run.new_state(lr)  # one optimizer object: the compiled steps take its states
-  lowered = jax.pmap(step, axis_name=train.AXIS, donate_argnums=(0,)).lower(
+  lowered = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,)).lower(
       train.replicate(initial), batches[0], run.word_table)
   compiled, first = {}, {}
   for name in _OPTIONS.value:

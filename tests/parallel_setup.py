@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs
 from jaxretrieval.models.spec import model_experts
+from jaxretrieval.step import AXIS, loss_and_grads
 
 GLOBAL_BATCH = 8
 
@@ -40,15 +41,14 @@ def global_step(devices: int, process: int = 0, processes: int = 1) -> dict[str,
   """This process's slice of the global batch over its first `devices` local devices through
   the pmapped `loss_and_grads`: the loss ('loss'), gradients ('g' + path) and new BatchNorm
   statistics ('s' + path), as host arrays."""
-  from jaxretrieval import train
-  model, variables, batch, table, loss_config = setup(axis_name=train.AXIS)
+  model, variables, batch, table, loss_config = setup(axis_name=AXIS)
   per_host = GLOBAL_BATCH // processes
   mine = jax.tree.map(lambda x: x[process * per_host:(process + 1) * per_host], batch)
   sharded = jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), mine)
   local = jax.local_devices()[:devices]
   # Over several processes pmap takes every process's devices (devices=None).
-  step = jax.pmap(functools.partial(train.loss_and_grads, model=model, loss_config=loss_config),
-                  axis_name=train.AXIS, devices=local if processes == 1 else None)
+  step = jax.pmap(functools.partial(loss_and_grads, model=model, loss_config=loss_config),
+                  axis_name=AXIS, devices=local if processes == 1 else None)
   rep = lambda tree: jax_utils.replicate(tree, local)
   loss, grads, stats = step(rep(variables['params']), rep(variables['batch_stats']), sharded,
                             rep(table))

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from configs import common
-from jaxretrieval import train
 from jaxretrieval.data import registry
 from jaxretrieval.models import RetrievalModel, dummy_inputs
 from jaxretrieval.models.spec import model_spec
+from jaxretrieval.step import TrainState, lr_schedule, make_optimizer, train_step
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -39,7 +39,7 @@ def small(config):
 
 def one_step(config, dims=None, batch_size=4):
   spec = model_spec(config, dims)
-  schedule = train.lr_schedule(config.optimizer, 10, config.optimizer.learning_rate)
+  schedule = lr_schedule(config.optimizer, 10, config.optimizer.learning_rate)
   rng = np.random.default_rng(0)
   batch = {
       'experts': {e.name: rng.normal(size=(batch_size, config.max_tokens[e.name], e.dim)
@@ -54,10 +54,10 @@ def one_step(config, dims=None, batch_size=4):
   table = rng.normal(size=(9, 300)).astype(np.float32)
   model = RetrievalModel(spec)
   variables = model.init(jax.random.key(0), dummy_inputs(spec, 2, config.max_tokens), train=False)
-  state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                  batch_stats=variables['batch_stats'],
-                                  tx=train.make_optimizer(config.optimizer, schedule))
-  step = jax.pmap(functools.partial(train.train_step, model=RetrievalModel(spec, axis_name='batch'),
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
+                            batch_stats=variables['batch_stats'],
+                            tx=make_optimizer(config.optimizer, schedule))
+  step = jax.pmap(functools.partial(train_step, model=RetrievalModel(spec, axis_name='batch'),
                                     loss_config=config.loss, schedule=schedule), axis_name='batch')
   before = jax.tree.leaves(state.params)[0].copy()
   new_state, metrics = step(jax_utils.replicate(state), jax.tree.map(lambda x: x[None], batch),

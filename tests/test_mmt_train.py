@@ -265,8 +265,8 @@ os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_p
 os.environ['JAX_PLATFORMS'] = 'cpu'
 import jax, ml_collections, numpy as np
 from configs import mmt_synthcaps
-from jaxretrieval import train
 from jaxretrieval.models import mmt
+from jaxretrieval.step import AXIS, loss_and_grads
 c = mmt_synthcaps.get_config()
 c.model.text_bert.update(vocab_size=30, hidden_size=32, num_layers=1, num_heads=2,
                          intermediate_size=48, max_positions=16)
@@ -283,10 +283,10 @@ batch['token_mask'] = np.ones((8, 7), np.int32)
 batch['row_mask'] = batch['text_row_mask'] = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
 variables = mmt.MMT(spec).init(jax.random.key(0), mmt.dummy_batch(spec), False)
 loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.05, 'fix_norm': True})
-step = functools.partial(train.loss_and_grads, model=mmt.MMT(spec, axis_name=train.AXIS),
+step = functools.partial(loss_and_grads, model=mmt.MMT(spec, axis_name=AXIS),
                          loss_config=loss_config)
 def run(devices):
-  fn = jax.pmap(lambda p, s, b: step(p, s, b, None), axis_name=train.AXIS,
+  fn = jax.pmap(lambda p, s, b: step(p, s, b, None), axis_name=AXIS,
                 devices=jax.devices()[:devices])
   rep = lambda x: np.stack([x] * devices)
   shard = lambda x: x.reshape((devices, -1) + x.shape[1:])

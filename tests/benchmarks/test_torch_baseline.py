@@ -13,6 +13,7 @@ from configs import common
 from jaxretrieval import optim, train
 from jaxretrieval.models import ModelSpec, RetrievalModel
 from jaxretrieval.models.spec import model_experts
+from jaxretrieval.step import AXIS, TrainState, train_step
 from jaxretrieval.torch_import import convert
 
 TOKENS = {'text': 7, 'audio': 5, 'vggsound': 6}
@@ -47,15 +48,15 @@ def test_same_weights_same_loss_over_seven_training_steps(variant, fused):
   reference, spec, variables = _models(variant)
   lr = 0.01
   optimizer = torch_baseline.Ranger(reference.parameters(), lr=lr, weight_decay=1e-3)
-  model = RetrievalModel(spec, axis_name=train.AXIS)
-  state = train.TrainState.create(apply_fn=model.apply, params=variables['params'],
-                                  batch_stats=variables['batch_stats'],
-                                  tx=optim.ranger(lambda _: lr, 1e-3))
+  model = RetrievalModel(spec, axis_name=AXIS)
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
+                            batch_stats=variables['batch_stats'],
+                            tx=optim.ranger(lambda _: lr, 1e-3))
   loss_config = common.get_config().loss  # max-margin, margin 0.2, fix_norm
   update = optim.ranger_apply(lambda _: lr, 1e-3) if fused else None
-  step = jax.pmap(lambda s, b, t: train.train_step(s, b, t, model=model, loss_config=loss_config,
-                                                   schedule=lambda _: lr, update=update),
-                  axis_name=train.AXIS)
+  step = jax.pmap(lambda s, b, t: train_step(s, b, t, model=model, loss_config=loss_config,
+                                             schedule=lambda _: lr, update=update),
+                  axis_name=AXIS)
   state = train.replicate(state)
   for i in range(7):  # 5 momentum steps, the first adaptive step, a LookAhead sync, one more
     experts, ind, text = _batch(seed=i)

@@ -9,9 +9,9 @@ import optax
 import pytest
 
 from configs import mmt_audiocaps, mmt_clotho
-from jaxretrieval import train
 from jaxretrieval.losses import max_margin_ranking_loss
 from jaxretrieval.models import mmt
+from jaxretrieval.step import lr_schedule, make_optimizer
 
 
 @pytest.mark.parametrize('module,dataset,text,frames', [
@@ -45,7 +45,7 @@ def test_original_protocol_and_arguments():
 
 def test_learning_rate_decays_by_0_9_per_epoch():
   c = mmt_audiocaps.get_config()
-  schedule = train.lr_schedule(c.optimizer, 1000, c.optimizer.learning_rate)
+  schedule = lr_schedule(c.optimizer, 1000, c.optimizer.learning_rate)
   np.testing.assert_allclose([schedule(0), schedule(999), schedule(1000), schedule(2500)],
                              [5e-5, 5e-5, 4.5e-5, 5e-5 * 0.81], rtol=1e-6)
 
@@ -84,8 +84,7 @@ def test_tiny_mmt_learns_well_above_chance():
   model = mmt.MMT(spec)
   batch = toy_batch()
   variables = jax.jit(lambda key: model.init(key, batch, False))(jax.random.key(0))
-  tx = train.make_optimizer(c.optimizer,
-                            train.lr_schedule(c.optimizer, 10, c.optimizer.learning_rate))
+  tx = make_optimizer(c.optimizer, lr_schedule(c.optimizer, 10, c.optimizer.learning_rate))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, batch_stats):

@@ -16,6 +16,7 @@ from jaxretrieval.models import (
   mixture_similarity,
 )
 from jaxretrieval.models.spec import model_experts
+from jaxretrieval.step import AXIS, loss_and_grads, model_inputs
 from tests.reference_checkpoint import reference_keys
 
 # (variant, experts, trainable parameters published by the reference, REFERENCE §2.4)
@@ -171,7 +172,6 @@ def test_similarity_pairs_columns_with_experts_by_name_not_by_dict_order():
 def test_training_loss_pairs_experts_like_the_model_when_names_are_not_sorted():
   """The pmapped loss (embeddings all-gathered across devices) equals the max-margin loss of
   the model's own similarity matrix for experts whose order is not alphabetical."""
-  from jaxretrieval import train
   from jaxretrieval.losses import max_margin_ranking_loss
   spec = ModelSpec('ce', model_experts(['vggish', 'scene'], 2, dims={'scene': (24, 'avg')}),
                    text_clusters=2, shared_dim=8)
@@ -185,14 +185,14 @@ def test_training_loss_pairs_experts_like_the_model_when_names_are_not_sorted():
            'availability': jnp.asarray([[1, 1], [1, 0], [0, 1], [1, 1]], jnp.float32),
            'text_ids': jnp.asarray(rng.integers(1, 20, (n, 5)), jnp.int32),
            'text_lengths': jnp.full(n, 5), 'row_mask': jnp.ones(n, jnp.float32)}
-  model = RetrievalModel(spec, axis_name=train.AXIS)
-  inputs = train.model_inputs(batch, table)
+  model = RetrievalModel(spec, axis_name=AXIS)
+  inputs = model_inputs(batch, table)
   variables = RetrievalModel(spec).init(jax.random.key(0), inputs, train=False)
   loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2,
                                            'fix_norm': True})
-  loss, _, _ = jax.pmap(lambda b, t: train.loss_and_grads(
+  loss, _, _ = jax.pmap(lambda b, t: loss_and_grads(
       variables['params'], variables['batch_stats'], b, t, model=model,
-      loss_config=loss_config), axis_name=train.AXIS)(
+      loss_config=loss_config), axis_name=AXIS)(
           jax.tree.map(lambda x: x[None], batch), table[None])
   sims, _ = RetrievalModel(spec).apply(variables, inputs, train=True, mutable=['batch_stats'])
   np.testing.assert_allclose(loss[0], max_margin_ranking_loss(sims), rtol=1e-5)
