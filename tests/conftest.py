@@ -100,8 +100,7 @@ def tiny_workdir(tiny_trained):
 
 @pytest.fixture(scope='session')
 def tiny_index(tiny_workdir, tmp_path_factory):
-  """A search index of synthcaps/tiny's test split."""
+  """A search index of synthcaps/tiny's test split (tests that change one work on a copy)."""
   from jaxretrieval.search.build import build_index
-  out = tmp_path_factory.mktemp('index')
-  build_index(str(tiny_workdir), str(out), split='test')
-  return out
+  return _built_once(tmp_path_factory, 'tiny_index',
+                     lambda d: build_index(str(tiny_workdir), str(d), split='test'))
