@@ -259,14 +259,18 @@ class Experiment:
                              batch_stats=variables['batch_stats'],
                              tx=self.optimisation(base_lr).tx)
 
+  def step_program(self, base_lr: float):
+    """The pmapped `train_step` of this experiment (shared with equal experiments)."""
+    inputs = 'mmt' if self.mmt else 'host' if self.device_data is None else 'device'
+    return _step_program(self.model, ml_collections.FrozenConfigDict(self.config.loss),
+                         self.optimisation(base_lr), self.config.seed, inputs)
+
   def compile_train_step(self, base_lr: float):
     """The pmapped step: `step(state, batch) -> (state, metrics)`."""
-    inputs = 'mmt' if self.mmt else 'host' if self.device_data is None else 'device'
-    p_step = _step_program(self.model, ml_collections.FrozenConfigDict(self.config.loss),
-                           self.optimisation(base_lr), self.config.seed, inputs)
-    if inputs == 'mmt':
+    p_step = self.step_program(base_lr)
+    if self.mmt:
       return p_step
-    if inputs == 'host':
+    if self.device_data is None:
       return lambda state, batch: p_step(state, batch, self.word_table)
     return lambda state, index: p_step(state, index, self.device_data, self.word_table)
 

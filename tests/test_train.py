@@ -307,3 +307,22 @@ def test_fused_ranger_trains_like_the_optax_chain(synthcaps_tiny, tmp_path):
                   jax.tree.leaves((chain['model'], chain['optimizer']))):
     np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
 
+
+
+def test_equal_experiments_share_their_programs_and_no_others_do(synthcaps_tiny):
+  """train's per-process program caches: a second experiment of the same model, loss,
+  optimizer and seed reuses the step, init and tower programs (and its TrainState has the
+  same tree structure, so the step does not retrace); changing any of them gives new ones
+  (a stale program would train another objective)."""
+  data = train.load_datasets(tiny_config(synthcaps_tiny))
+  run = lambda **overrides: train.Experiment(tiny_config(synthcaps_tiny, **overrides), None, data)
+  a, b = run(), run()
+  assert a.step_program(1e-3) is b.step_program(1e-3)
+  assert jax.tree.structure(a.new_state(1e-3)) == jax.tree.structure(b.new_state(1e-3))
+  assert a.embedder._audio is b.embedder._audio and a.eval_model is b.eval_model
+  assert a.step_program(1e-3) is not a.step_program(2e-3)
+  for changed in ({'loss.margin': 0.1}, {'optimizer.lr_decay': 0.5},
+                  {'optimizer.fused': False}, {'seed': 1}, {'model.shared_dim': 32}):
+    other = run(**changed)
+    assert other.step_program(1e-3) is not a.step_program(1e-3), changed
+  assert run(**{'model.shared_dim': 32}).embedder._audio is not a.embedder._audio
