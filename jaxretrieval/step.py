@@ -65,21 +65,19 @@ def lr_schedule(optimizer, steps_per_epoch: int, base_lr: float) -> optax.Schedu
 
 def make_optimizer(optimizer, schedule) -> optax.GradientTransformation:
   """config.optimizer's optax transformation."""
-  o = optimizer
-  if o.name == 'ranger':
-    return ranger(schedule, o.weight_decay)
-  if o.name == 'adamw':
-    return optax.adamw(schedule, weight_decay=o.weight_decay)
-  raise ValueError(f"config.optimizer.name={o.name!r}: expected 'ranger' or 'adamw'")
+  if optimizer.name == 'ranger':
+    return ranger(schedule, optimizer.weight_decay)
+  if optimizer.name == 'adamw':
+    return optax.adamw(schedule, weight_decay=optimizer.weight_decay)
+  raise ValueError(f"config.optimizer.name={optimizer.name!r}: expected 'ranger' or 'adamw'")
 
 
 def make_update(optimizer, schedule) -> Update | None:
   """The step's parameter update: Ranger as one fused pass (`optim.ranger_apply`, the same
   arithmetic and state as `make_optimizer`'s chain) if config.optimizer.fused; None
   (optax's update and `apply_gradients`) otherwise and for other optimizers."""
-  o = optimizer
-  if o.name == 'ranger' and o.fused:
-    return ranger_apply(schedule, o.weight_decay)
+  if optimizer.name == 'ranger' and optimizer.fused:
+    return ranger_apply(schedule, optimizer.weight_decay)
   return None
 
 

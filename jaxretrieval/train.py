@@ -1,8 +1,9 @@
 """Training and evaluation (REFERENCE §4): `train_and_evaluate(config, workdir)`.
 
-The train step (`step.py`) is pmapped over all local devices. Every epoch ends with validation (first caption only) and one checkpoint carrying its t2a geometric
-mean (see `checkpointing`: the newest two and the best are kept); the test split is
-evaluated with the best checkpoint at the end. Re-running in the same workdir resumes.
+The train step (`step.py`) is pmapped over all local devices. Every epoch ends with
+validation (first caption only) and one checkpoint carrying its t2a geometric mean (see
+`checkpointing`: the newest two and the best are kept); the test split is evaluated with
+the best checkpoint at the end. Re-running in the same workdir resumes.
 
 `config.model.variant='mmt'` trains the Multi-Modal Transformer (`models/mmt.py`) through the
 same step, checkpoints and writers: its batches come from `input_pipeline.mmt_batches` (BERT
@@ -26,7 +27,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from jaxretrieval import checkpointing, input_pipeline
 from jaxretrieval.bert_tokens import BertTokens
@@ -226,9 +226,6 @@ class Experiment:
   def optimisation(self, base_lr: float) -> Optimisation:
     return optimisation(ml_collections.FrozenConfigDict(self.config.optimizer),
                         self.steps_per_epoch, base_lr)
-
-  def schedule(self, base_lr: float) -> optax.Schedule:
-    return self.optimisation(base_lr).schedule
 
   def init_variables(self) -> dict:
     """The model's {'params', 'batch_stats'} initialised from config.seed."""
@@ -452,7 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                workdir, run.spec.variant, list(run.spec.expert_names), f'{num_params:,}',
                run.steps_per_epoch, jax.device_count())
 
-  schedule = run.schedule(meta.base_lr)
+  schedule = run.optimisation(meta.base_lr).schedule
   p_train_step = run.compile_train_step(meta.base_lr)
   state = replicate(state)
   total_steps = run.steps_per_epoch * config.num_epochs

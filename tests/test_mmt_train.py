@@ -261,7 +261,8 @@ def test_configuration_errors_are_one_line(synthcaps_tiny, vocab_dir, tmp_path):
 # devices (embeddings all-gathered, BatchNorm over the global batch) equal one device's.
 _TWO_DEVICES = '''
 import functools, os
-os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=2')
 os.environ['JAX_PLATFORMS'] = 'cpu'
 import jax, ml_collections, numpy as np
 from configs import mmt_synthcaps
