@@ -32,7 +32,9 @@ def setup(axis_name=None, seed=0):
       'row_mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32),  # a partial last batch
   }
   table = np.concatenate([np.zeros((1, 300)), rng.normal(size=(19, 300))]).astype(np.float32)
-  variables = RetrievalModel(spec).init(jax.random.key(seed), dummy_inputs(spec), train=False)
+  # One init program (op-by-op initialisation compiles ~100 small ones in every process).
+  variables = jax.jit(functools.partial(RetrievalModel(spec).init, train=False))(
+      jax.random.key(seed), dummy_inputs(spec))
   loss = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2, 'fix_norm': True})
   return RetrievalModel(spec, axis_name=axis_name), variables, batch, table, loss
 

@@ -17,11 +17,10 @@ from jaxretrieval.text import WordVectors, tokenize
 
 
 @pytest.fixture(scope='module')
-def built(tmp_path_factory):
-  data_dir = tmp_path_factory.mktemp('tfds')
-  builder = SynthCaps(config='tiny', data_dir=str(data_dir))
-  builder.download_and_prepare()
-  return builder, data_dir
+def built(synthcaps_tiny):
+  """synthcaps/tiny as the run's shared fixture built it (`SynthCaps.download_and_prepare`
+  without a manual_dir)."""
+  return SynthCaps(config='tiny', data_dir=str(synthcaps_tiny)), synthcaps_tiny
 
 
 def test_builds_without_manual_dir_with_playable_audio(built):
@@ -44,8 +43,8 @@ def test_builds_without_manual_dir_with_playable_audio(built):
 
 def test_generation_is_deterministic(tmp_path):
   sizes = {'train': 3, 'val': 2, 'test': 2}
-  generate(tmp_path / 'a', sizes, seed=7, workers=1)
-  generate(tmp_path / 'b', sizes, seed=7, workers=2)
+  generate(tmp_path / 'a', sizes, seed=7, workers=1)  # in this process
+  generate(tmp_path / 'b', sizes, seed=7, workers=2)  # in two worker processes
   generate(tmp_path / 'c', sizes, seed=8, workers=1)
   read = lambda d: {k: v for k, v in ReleaseReader('synthcaps', tmp_path / d).examples('val')}
   a, b, c = read('a'), read('b'), read('c')

@@ -49,9 +49,13 @@ def generate(root: pathlib.Path, sizes: dict[str, int], seed: int, workers: int 
     return
   (root / 'audio').mkdir(parents=True, exist_ok=True)
   jobs = [(root, seed, s, i) for s in SPLITS for i in range(sizes[s])]
-  with concurrent.futures.ProcessPoolExecutor(
-      workers or os.cpu_count() or 1, mp_context=multiprocessing.get_context('spawn')) as pool:
-    items = list(pool.map(_clip, jobs, chunksize=16))
+  workers = workers or os.cpu_count() or 1
+  if workers == 1:  # in this process: no worker to start
+    items = list(map(_clip, jobs))
+  else:
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+      items = list(pool.map(_clip, jobs, chunksize=16))
   words = WordVectors(captions_lib.word_vectors(vocabulary(items)))
   splits = {s: [it.id for it in items if it.id.startswith(s + '_')] for s in SPLITS}
   write_release(root, items, splits, words)
