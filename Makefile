@@ -39,7 +39,7 @@ test-deps:
 
 test: $(VENV)/.installed-test test-deps
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: $(VENV)/.installed
 	$(PY) launch.py --config configs/ce_synthcaps.py --workdir $(WORKDIR)

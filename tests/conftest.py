@@ -28,6 +28,29 @@ if TEST_XLA_FLAGS not in os.environ.get('XLA_FLAGS', ''):
 
 import pytest  # noqa: E402
 
+# Shared fixtures that take a while to build (the first test file that needs one builds it).
+SHARED_BUILDS = ('synthcaps_tiny', 'tiny_trained')
+SLOW_WEIGHT = 10  # a test marked slow weighs as much as this many others
+
+
+def pytest_collection_modifyitems(items):
+  """Files in the order `make test` hands them to its workers (pytest-xdist with --dist
+  loadfile --no-loadscope-reorder gives each worker the next file as it runs out): heaviest
+  first, weighing each test 1 and each test marked slow SLOW_WEIGHT, so that no worker is
+  left with a long file at the end; the second file needs no shared build, so the second
+  worker starts at once instead of waiting for the first to build them."""
+  files = {}
+  for item in items:
+    files.setdefault(item.path, []).append(item)
+  weight = lambda tests: sum(SLOW_WEIGHT if t.get_closest_marker('slow') else 1 for t in tests)
+  order = sorted(files.values(), key=weight, reverse=True)
+  needs_build = lambda tests: any(set(SHARED_BUILDS) & set(t.fixturenames) for t in tests)
+  if order and needs_build(order[0]):
+    free = next((i for i, tests in enumerate(order) if not needs_build(tests)), None)
+    if free is not None:
+      order.insert(1, order.pop(free))
+  items[:] = [t for tests in order for t in tests]
+
 
 def _built_once(tmp_path_factory, name: str, build) -> pathlib.Path:
   """The folder `name` filled by `build(folder)` once per test run. Under pytest-xdist the

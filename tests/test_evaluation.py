@@ -4,6 +4,7 @@ equal those of the whole similarity matrix."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.embedding import Embedder
@@ -26,6 +27,7 @@ def _split(n=6, captions=3, tokens=4, seed=0):
                    [''] * (n * captions))
 
 
+@pytest.mark.slow
 def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   spec = ModelSpec('mimic', model_experts(['vggish'], 4), text_clusters=3, shared_dim=16)
   model = RetrievalModel(spec)

@@ -44,6 +44,7 @@ def single_device():
   return global_step(1)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(single_device, tmp_path):
   _compare(_run(tmp_path, 'eight', 8), single_device)
 

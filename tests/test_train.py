@@ -91,6 +91,7 @@ def _truncate(checkpoint: pathlib.Path) -> None:
     f.write_bytes(f.read_bytes()[:f.stat().st_size // 2])
 
 
+@pytest.mark.slow
 def test_unreadable_or_deleted_checkpoints_fall_back_with_a_warning(synthcaps_tiny, tiny_workdir,
                                                                     tmp_path, caplog):
   workdir = tmp_path / 'w'
@@ -205,6 +206,7 @@ def test_nan_loss_in_the_first_epoch_says_no_checkpoint_was_written(synthcaps_ti
   assert checkpointing.latest_step(tmp_path) is None
 
 
+@pytest.mark.slow
 def test_eval_mode_prints_metrics_and_keeps_the_training_record(tiny_trained, synthcaps_tiny):
   workdir, _ = tiny_trained
   before = {n: (workdir / n).read_bytes() for n in ('results.json', 'results.md')}
@@ -251,6 +253,7 @@ def test_report_aggregates_seeds(tiny_trained, tmp_path):
   assert '(2 runs)' in out.stdout and (tmp_path / 'rep.json').is_file()
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_source_run(tiny_trained, synthcaps_tiny, tmp_path):
   source, _ = tiny_trained
   src = checkpointing.manager(source)
@@ -266,6 +269,7 @@ def test_fine_tuning_starts_from_the_source_run(tiny_trained, synthcaps_tiny, tm
   assert not (tmp_path / 'absent').exists()
 
 
+@pytest.mark.slow
 def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
     tiny_trained, synthcaps_tiny, tmp_path, monkeypatch):
   """init_optimizer=False: the optimizer starts on the restored weights (LookAhead's slow
@@ -296,6 +300,7 @@ def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
   assert tuned['test']['t2a']['R10'] == plain['test']['t2a']['R10']
 
 
+@pytest.mark.slow
 def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_path):
   host = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(tmp_path / 'a'))
   device = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1,
@@ -309,6 +314,7 @@ def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_pat
     np.testing.assert_allclose(x, y, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fused_ranger_trains_like_the_optax_chain(synthcaps_tiny, tmp_path):
   """config.optimizer.fused (optim.ranger_apply in the step) against optax's chain and
   apply_gradients: batch 8 gives 6 steps, the last a LookAhead synchronisation; the weights,

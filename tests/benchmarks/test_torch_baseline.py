@@ -41,6 +41,7 @@ def _batch(b=6, seed=0):
   return experts, ind, text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant,fused', [('ce', False), ('moee', False), ('ce', True)])
 def test_same_weights_same_loss_over_seven_training_steps(variant, fused):
   """Ours (optax's Ranger chain, the default, or Ranger fused into one update,

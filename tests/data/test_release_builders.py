@@ -65,6 +65,7 @@ def test_builds_from_unpacked_folder(tmp_path):
   check_split(builder, 'test', contents)
 
 
+@pytest.mark.slow
 def test_tfds_command_line_build(tmp_path):
   contents = make_contents('clotho', {'train': 3, 'val': 2, 'test': 2})
   manual = write_release('clotho', tmp_path, contents)

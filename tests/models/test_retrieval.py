@@ -169,6 +169,7 @@ def test_similarity_pairs_columns_with_experts_by_name_not_by_dict_order():
   np.testing.assert_allclose(s[:, 1], text['b'] @ audio['b'][1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_loss_pairs_experts_like_the_model_when_names_are_not_sorted():
   """The pmapped loss (embeddings all-gathered across devices) equals the max-margin loss of
   the model's own similarity matrix for experts whose order is not alphabetical."""
