@@ -152,21 +152,24 @@ def load_runners(experts, options: Options, vggish_checkpoint: str | None = None
                  vggish_pca: str | None = None, vggsound_checkpoint: str | None = None) -> dict:
   """Runner per requested pretrained expert; a missing or unfit weight file raises
   `vggish.WeightsError` / `vggsound.WeightsError` naming it and its download URL."""
-  runners = {}
+  # Every weight file is checked to be named and present before any is loaded: reading the
+  # TensorFlow checkpoint imports TensorFlow (seconds), wasted when another file is missing.
   if 'vggish' in experts:
     if not vggish_checkpoint:
       raise vggish.WeightsError(f'--experts=vggish needs --vggish_checkpoint (download '
                                 f'{vggish.URLS["checkpoint"]})')
-    pca = None
-    if options.vggish_output == 'postprocessed':
-      if not vggish_pca:
-        raise vggish.WeightsError(f'VGGish postprocessing needs --vggish_pca (download '
-                                  f'{vggish.URLS["pca"]}), or pass --vggish_output=embedding')
-      pca = vggish.load_pca(vggish_pca)
-    runners['vggish'] = VGGishRunner(vggish.load_weights(vggish_checkpoint), pca, options)
+    if options.vggish_output == 'postprocessed' and not vggish_pca:
+      raise vggish.WeightsError(f'VGGish postprocessing needs --vggish_pca (download '
+                                f'{vggish.URLS["pca"]}), or pass --vggish_output=embedding')
   if 'vggsound' in experts:
     if not vggsound_checkpoint:
       raise vggsound.WeightsError(f'--experts=vggsound needs --vggsound_checkpoint (download '
                                   f'{vggsound.URL})')
+    vggsound.check_found(vggsound_checkpoint)
+  runners = {}
+  if 'vggish' in experts:
+    pca = vggish.load_pca(vggish_pca) if options.vggish_output == 'postprocessed' else None
+    runners['vggish'] = VGGishRunner(vggish.load_weights(vggish_checkpoint), pca, options)
+  if 'vggsound' in experts:
     runners['vggsound'] = VGGSoundRunner(vggsound.load_weights(vggsound_checkpoint), options)
   return runners

@@ -152,11 +152,17 @@ def _expected(pool: str = 'mean'):
   return shapes
 
 
-def load_weights(path: str | pathlib.Path) -> dict:
-  """Flax variables from VGGSound's `H.pth.tar` ({'model_state_dict': ...}), without torch."""
+def check_found(path: str | pathlib.Path) -> pathlib.Path:
+  """`path`, or a `WeightsError` naming the download when there is no such file."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise WeightsError(f'VGGSound checkpoint {path} not found; download {URL}')
+  return path
+
+
+def load_weights(path: str | pathlib.Path) -> dict:
+  """Flax variables from VGGSound's `H.pth.tar` ({'model_state_dict': ...}), without torch."""
+  path = check_found(path)
   try:
     blob = load_pth(path)
   except (OSError, ValueError) as e:
