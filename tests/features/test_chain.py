@@ -13,8 +13,11 @@ results (order and scores) against the reference CE forward pass (NumPy) on them
 
 import dataclasses
 import json
+import os
 import pathlib
 import shlex
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -159,14 +162,19 @@ def test_beam_pipeline_with_two_workers_equals_the_single_process_path(recipe, t
   worker sets up its own copy (its networks loaded in `DoFn.setup`), elements are spread
   over both and the shards are written and joined as on a cluster. Worker processes would
   add what this test does not check, each importing TensorFlow, JAX and Beam and compiling
-  the networks again: the test took 46 s of CPU that way, 13 s this way.
+  the networks again (46 s of CPU that way, 25 s this way). The pipeline runs in a process
+  of its own: run inside the test process it once brought the pytest-xdist worker down with
+  a fatal signal (one run in four, cause not found).
   """
   features = recipe.commands[0]
   out = tmp_path / 'beam'
   args = [out if a == str(recipe.out) else a for a in features[2:]]
-  run_module([str(a) for a in args] + [
-      '--beam', '--runner=DirectRunner', '--workers=2', '--shards=2', '--chunk=3',
-      '--beam_pipeline_options=--direct_num_workers=2 --direct_running_mode=multi_threading'])
+  command = [sys.executable, '-m', *[str(a) for a in args], '--beam', '--runner=DirectRunner',
+             '--workers=2', '--shards=2', '--chunk=3', '--beam_pipeline_options='
+             '--direct_num_workers=2 --direct_running_mode=multi_threading']
+  result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert result.returncode == 0, result.stderr[-3000:]
   for name in ('aggregated_vggish', 'aggregated_vggsound'):
     assert sorted(p.name for p in (out / name).iterdir()) == [
         f'{name[11:]}-raw-0000{k}-of-00002.pkl' for k in range(2)]
