@@ -14,12 +14,12 @@ and report each substitution.
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import re
 import zipfile
 
-from nltk.stem.snowball import SnowballStemmer
 import numpy as np
 
 from jaxretrieval.data.release_files import ReleaseFileError, load_pickle
@@ -32,7 +32,12 @@ def tokenize(caption: str) -> list[str]:
   return _TOKEN.findall(caption.lower())
 
 
-_STEMMER = SnowballStemmer('english')
+@functools.cache
+def _stemmer():
+  """NLTK's English Snowball stemmer, imported on first use: `import nltk` loads SciPy's
+  statistics (about 2 s), which a process that only encodes captions does not need."""
+  from nltk.stem.snowball import SnowballStemmer  # pylint: disable=g-import-not-at-top
+  return SnowballStemmer('english')
 
 
 @dataclasses.dataclass
@@ -87,17 +92,17 @@ class WordVectors:
     for form in (token, token.capitalize(), token.upper()):
       if form in self.index:
         return form
-    return self.stems().get(_STEMMER.stem(token))
+    return self.stems().get(_stemmer().stem(token))
 
   def stems(self) -> dict[str, str]:
     """Snowball stem -> first vocabulary word with that stem, over the words a query can
     hold (lower-case tokens). Built on first use: about 30 µs a word, so a second for
     SynthCaps' table and tens of seconds for word2vec's (the server builds it at start)."""
     if self._stems is None:
-      stems = {}
+      stems, stem = {}, _stemmer().stem
       for word in self.words:
         if _TOKEN.fullmatch(word):
-          stems.setdefault(_STEMMER.stem(word), word)
+          stems.setdefault(stem(word), word)
       self._stems = stems
     return self._stems
 

@@ -31,7 +31,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from jaxretrieval.features import handcrafted, pretrained
+from jaxretrieval.features import handcrafted, prepare
 from jaxretrieval.features.audio_io import AUDIO_SUFFIXES
 from jaxretrieval.features.release_writer import (
   Item,
@@ -42,7 +42,7 @@ from jaxretrieval.features.release_writer import (
 )
 from jaxretrieval.text import WordVectors
 
-ALL_EXPERTS = {**handcrafted.DIMS, **pretrained.PRETRAINED}
+ALL_EXPERTS = {**handcrafted.DIMS, **prepare.PRETRAINED}
 
 _AUDIO_DIR = flags.DEFINE_string('audio_dir', None, 'folder of wav/flac/ogg files', required=True)
 _OUT = flags.DEFINE_string('out', None, 'output folder (release layout)', required=True)
@@ -145,13 +145,16 @@ def list_audio(audio_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def extract_all(files, ids, experts, options, runners, captions, workers, chunk):
-  """Items for the readable files and (id, reason) for the others, with progress."""
+  """Items for the readable files and (id, reason) for the others, with progress. The
+  workers decode and compute the networks' inputs (`prepare.prepare_file`, no JAX in them);
+  this process runs the networks."""
+  from jaxretrieval.features import pretrained  # pylint: disable=g-import-not-at-top
   items, failed, start, clips = [], [], time.time(), 0
   with concurrent.futures.ProcessPoolExecutor(
       max(1, workers), mp_context=multiprocessing.get_context('spawn')) as pool:
     for first in range(0, len(files), chunk):
       paths, names = files[first:first + chunk], ids[first:first + chunk]
-      results = list(pool.map(pretrained.prepare_file, paths, [experts] * len(paths),
+      results = list(pool.map(prepare.prepare_file, paths, [experts] * len(paths),
                               [options] * len(paths)))
       ok = [k for k, (_, error) in enumerate(results) if error is None]
       for k, (_, error) in enumerate(results):
@@ -199,10 +202,12 @@ def main(argv):
     if _WORD_VECTORS.value is None:
       sys.exit('--captions needs --word_vectors (word2vec .bin/.txt, or word_vectors.npz)')
     words = WordVectors.load(_WORD_VECTORS.value)
-  options = pretrained.Options(
+  options = prepare.Options(
       vggish_output=_VGGISH_OUTPUT.value, vggish_flavour=_VGGISH_FLAVOUR.value,
       vggsound_pool=_VGGSOUND_POOL.value, vggsound_max_seconds=_VGGSOUND_MAX.value or None,
       dtype=_DTYPE.value)
+  # Imported here: JAX (seconds) is not needed to check the arguments, or to answer --help.
+  from jaxretrieval.features import pretrained  # pylint: disable=g-import-not-at-top
   try:
     runners = pretrained.load_runners(experts, options, _VGGISH.value, _VGGISH_PCA.value,
                                       _VGGSOUND.value)

@@ -5,7 +5,6 @@ import pathlib
 import struct
 
 import numpy as np
-import scipy.signal
 import soundfile
 
 AUDIO_SUFFIXES = ('.wav', '.flac', '.ogg')
@@ -65,6 +64,7 @@ def read_audio(path: pathlib.Path, sample_rate: int = 16000,
         raise AudioReadError(f'{path}: {len(wave)} samples at {rate} Hz is too short to resample')
       wave = resampy.resample(wave, rate, sample_rate, filter='kaiser_best')
     else:
+      import scipy.signal  # pylint: disable=g-import-not-at-top  (about 1 s; 16 kHz files skip it)
       g = math.gcd(rate, sample_rate)
       wave = scipy.signal.resample_poly(wave, sample_rate // g, rate // g)
   return wave.astype(np.float32)

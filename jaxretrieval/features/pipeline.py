@@ -5,7 +5,7 @@ r"""The feature extraction as an Apache Beam pipeline, for collections of millio
 
 Stages: the item ids (read from a text file the driver writes, so that the job graph stays
 small however many files there are) -> spread over the workers -> decoded, with the own
-experts and the networks' inputs computed (`pretrained.prepare_file`) -> batched -> the
+experts and the networks' inputs computed (`prepare.prepare_file`) -> batched -> the
 networks (weights loaded once per worker, in `DoFn.setup`) -> keyed by shard (a hash of
 the id) -> each shard's tables written (`release_writer.write_items(shard=...)`). Each item
 leaves a one-line record (id, audio file, experts it has) or a failure line; the driver
@@ -29,7 +29,7 @@ import zlib
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from jaxretrieval.features import pretrained
+from jaxretrieval.features import prepare, pretrained
 from jaxretrieval.features.release_writer import Item, relative_path, write_items
 from jaxretrieval.text import WordVectors
 
@@ -47,13 +47,13 @@ def shard_of(item: str, shards: int) -> int:
 class _Prepare(beam.DoFn):
   """Line `k<TAB>id` -> (k, id, prepared inputs), or a failure (id, reason) on 'failed'."""
 
-  def __init__(self, audio_dir: str, experts, options: pretrained.Options):
+  def __init__(self, audio_dir: str, experts, options: prepare.Options):
     self.audio_dir, self.experts, self.options = audio_dir, tuple(experts), options
 
   def process(self, line: str):
     k, item = line.split('\t', 1)
     path = pathlib.Path(self.audio_dir) / relative_path(item)
-    prepared, error = pretrained.prepare_file(path, self.experts, self.options)
+    prepared, error = prepare.prepare_file(path, self.experts, self.options)
     if error is not None:
       reason = error.replace(str(path), item)
       logging.warning('cannot read %s', reason)
@@ -65,7 +65,7 @@ class _Prepare(beam.DoFn):
 class _Embed(beam.DoFn):
   """A batch of prepared clips -> (shard, (k, id, features)) per clip, with progress."""
 
-  def __init__(self, experts, options: pretrained.Options, weights: dict, shards: int,
+  def __init__(self, experts, options: prepare.Options, weights: dict, shards: int,
                total: int, workers: int | None):
     self.experts, self.options, self.weights = tuple(experts), options, weights
     self.shards, self.total, self.workers = shards, total, workers

@@ -1,60 +1,23 @@
 """Batched, jitted extraction of the pretrained experts (VGGish, VGGSound) over many clips.
 
-Frontends run on the host per clip (`frontends`, NumPy/SciPy as the reference code); the
-networks run in fixed-shape batches so that a collection compiles each network a few times,
-not once per file: VGGish batches its 0.96 s examples across clips (every example has the
+Frontends run on the host per clip (`prepare.frontends`, NumPy/SciPy as the reference code,
+in decoding workers that import no JAX); the networks run in fixed-shape batches so that a
+collection compiles each network a few times, not once per file: VGGish batches its 0.96 s examples across clips (every example has the
 same shape), VGGSound pads each spectrogram to a bucket length from a short ladder and
 masks the padding (see `vggsound`), batching clips of the same bucket.
 """
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval.features import handcrafted, vggish, vggsound
-from jaxretrieval.features.audio_io import AudioReadError, read_audio
-
-PRETRAINED = {'vggish': vggish.DIM, 'vggsound': vggsound.DIM}
-
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-  """What the pretrained experts compute; the defaults are the faithful settings."""
-  vggish_output: str = 'postprocessed'  # or 'embedding' (raw 128-d, before PCA)
-  vggish_flavour: str = 'tensorflow'  # or 'torchvggish' (ReLU embedding, rounding)
-  vggsound_pool: str = 'mean'  # over frequency; or 'max'
-  vggsound_max_seconds: float | None = None  # None: the whole clip; 10: the loader's cut
-  dtype: str = 'float32'  # or 'bfloat16'
-  vggish_batch: int = 64  # examples per VGGish batch
-  vggsound_frames: int = 8192  # spectrogram frames per VGGSound batch (x 257 bins)
-
-
-def frontends(wave: np.ndarray, experts, options: Options) -> dict[str, np.ndarray]:
-  """Host-side inputs of the networks for one 16 kHz mono clip (run in worker processes)."""
-  out = {}
-  if 'vggish' in experts:
-    out['vggish'] = vggish.log_mel_examples(wave)
-  if 'vggsound' in experts:
-    out['vggsound'] = vggsound.spectrogram(wave, options.vggsound_max_seconds)
-  return out
-
-
-def prepare_file(path, experts, options: Options):
-  """(features of the own experts and network inputs of the pretrained ones, None) for one
-  file, or (None, reason). Runs in a worker process."""
-  try:
-    out = {}
-    own = [e for e in experts if e in handcrafted.DIMS]
-    if own:
-      wave = read_audio(path)
-      out.update({e: handcrafted.EXTRACTORS[e](wave) for e in own})
-    if any(e in PRETRAINED for e in experts):
-      out.update(frontends(read_audio(path, resampler='kaiser_best'), experts, options))
-    return out, None
-  except (AudioReadError, ValueError, OSError) as e:
-    return None, str(e)
+from jaxretrieval.features.prepare import (  # noqa: F401  (re-exported: their home before)
+  PRETRAINED,
+  Options,
+  frontends,
+  prepare_file,
+)
 
 
 def features(prepared: list[dict[str, np.ndarray]], runners: dict) -> list[dict[str, np.ndarray]]:
@@ -152,21 +115,24 @@ def load_runners(experts, options: Options, vggish_checkpoint: str | None = None
                  vggish_pca: str | None = None, vggsound_checkpoint: str | None = None) -> dict:
   """Runner per requested pretrained expert; a missing or unfit weight file raises
   `vggish.WeightsError` / `vggsound.WeightsError` naming it and its download URL."""
-  runners = {}
+  # Every weight file is checked to be named and present before any is loaded: reading the
+  # TensorFlow checkpoint imports TensorFlow (seconds), wasted when another file is missing.
   if 'vggish' in experts:
     if not vggish_checkpoint:
       raise vggish.WeightsError(f'--experts=vggish needs --vggish_checkpoint (download '
                                 f'{vggish.URLS["checkpoint"]})')
-    pca = None
-    if options.vggish_output == 'postprocessed':
-      if not vggish_pca:
-        raise vggish.WeightsError(f'VGGish postprocessing needs --vggish_pca (download '
-                                  f'{vggish.URLS["pca"]}), or pass --vggish_output=embedding')
-      pca = vggish.load_pca(vggish_pca)
-    runners['vggish'] = VGGishRunner(vggish.load_weights(vggish_checkpoint), pca, options)
+    if options.vggish_output == 'postprocessed' and not vggish_pca:
+      raise vggish.WeightsError(f'VGGish postprocessing needs --vggish_pca (download '
+                                f'{vggish.URLS["pca"]}), or pass --vggish_output=embedding')
   if 'vggsound' in experts:
     if not vggsound_checkpoint:
       raise vggsound.WeightsError(f'--experts=vggsound needs --vggsound_checkpoint (download '
                                   f'{vggsound.URL})')
+    vggsound.check_found(vggsound_checkpoint)
+  runners = {}
+  if 'vggish' in experts:
+    pca = vggish.load_pca(vggish_pca) if options.vggish_output == 'postprocessed' else None
+    runners['vggish'] = VGGishRunner(vggish.load_weights(vggish_checkpoint), pca, options)
+  if 'vggsound' in experts:
     runners['vggsound'] = VGGSoundRunner(vggsound.load_weights(vggsound_checkpoint), options)
   return runners

@@ -19,9 +19,11 @@ What is matched, against the official TensorFlow code:
 embedding, rounding in quantisation). Weights come from the official `vggish_model.ckpt`
 (read with `tf.train.load_checkpoint`, no TF-slim) or torchvggish's `.pth` files (read with
 the project's torch-free reader).
+
+The frontend lives in `vggish_frontend.py` (NumPy only, so the decoding workers import no
+JAX) and is re-exported here.
 """
 
-import functools
 import pathlib
 
 import flax.linen as nn
@@ -29,15 +31,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxretrieval.features.vggish_frontend import (  # noqa: F401  (the frontend, re-exported)
+  BANDS,
+  DIM,
+  EXAMPLE_FRAMES,
+  FFT,
+  HIGH_HZ,
+  HOP,
+  LOG_OFFSET,
+  LOW_HZ,
+  MIN_SAMPLES,
+  SAMPLE_RATE,
+  WINDOW,
+  log_mel_examples,
+  mel_matrix,
+)
 from jaxretrieval.torch_import.torch_pickle import load_pth
 
-SAMPLE_RATE = 16000
-WINDOW, HOP, FFT = 400, 160, 512  # 25 ms, 10 ms, next power of two
-BANDS, LOW_HZ, HIGH_HZ, LOG_OFFSET = 64, 125.0, 7500.0, 0.01
-EXAMPLE_FRAMES = 96  # 0.96 s
-MIN_SAMPLES = WINDOW + (EXAMPLE_FRAMES - 1) * HOP  # 15,600: shorter clips give no example
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0
-DIM = 128
 FLAVOURS = ('tensorflow', 'torchvggish')
 OUTPUTS = ('postprocessed', 'embedding')
 
@@ -53,41 +64,6 @@ URLS = {
 
 class WeightsError(ValueError):
   """A weight file is missing, unreadable or does not fit the network."""
-
-
-# ---------------------------------------------------------------------------
-# Frontend
-# ---------------------------------------------------------------------------
-
-def _frames(x: np.ndarray, length: int, hop: int) -> np.ndarray:
-  """`[n, length, ...]` frames without padding: n = 1 + (len - length) // hop, or 0."""
-  n = 0 if len(x) < length else 1 + (len(x) - length) // hop
-  index = np.arange(length)[None, :] + hop * np.arange(n)[:, None]
-  return x[index]
-
-
-@functools.lru_cache(maxsize=1)
-def mel_matrix() -> np.ndarray:
-  """`[257, 64]` triangular HTK-mel weights (`spectrogram_to_mel_matrix`), float64."""
-  def mel(hz):
-    return 1127.0 * np.log(1.0 + hz / 700.0)
-  bins = mel(np.linspace(0.0, SAMPLE_RATE / 2.0, FFT // 2 + 1))[:, None]
-  edges = np.linspace(mel(LOW_HZ), mel(HIGH_HZ), BANDS + 2)
-  lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
-  weights = np.maximum(0.0, np.minimum((bins - lower) / (centre - lower),
-                                       (upper - bins) / (upper - centre)))
-  weights[0] = 0.0  # the DC bin takes no part
-  return weights
-
-
-def log_mel_examples(wave: np.ndarray) -> np.ndarray:
-  """`[examples, 96, 64]` float32 log-mel examples of a 16 kHz mono waveform."""
-  wave = np.asarray(wave, np.float64)
-  frames = _frames(wave, WINDOW, HOP)
-  window = 0.5 - 0.5 * np.cos(2 * np.pi / WINDOW * np.arange(WINDOW))  # periodic Hann
-  magnitude = np.abs(np.fft.rfft(frames * window, FFT))
-  log_mel = np.log(magnitude @ mel_matrix() + LOG_OFFSET)
-  return _frames(log_mel, EXAMPLE_FRAMES, EXAMPLE_FRAMES).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------

@@ -26,6 +26,9 @@ last convolutional map of model H is used):
 Clips of different lengths share a batch: each is zero-padded to a bucket length, and
 every convolution and pool sees zeros beyond the clip's own length at its resolution, as
 PyTorch's zero padding of the unpadded clip would, so padding does not change a value.
+
+The spectrogram lives in `vggsound_frontend.py` (NumPy/SciPy only, so the decoding workers
+import no JAX) and is re-exported here.
 """
 
 import pathlib
@@ -34,16 +37,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.signal
 
+from jaxretrieval.features.vggsound_frontend import (  # noqa: F401  (re-exported)
+  BINS,
+  DIM,
+  HOP,
+  NOVERLAP,
+  NPERSEG,
+  SAMPLE_RATE,
+  TILE_SAMPLES,
+  spectrogram,
+)
 from jaxretrieval.torch_import.torch_pickle import load_pth
 
-SAMPLE_RATE = 16000
-NPERSEG, NOVERLAP = 512, 353
-HOP = NPERSEG - NOVERLAP  # 159
-BINS = NPERSEG // 2 + 1  # 257
-TILE_SAMPLES = 160000  # the reference's 10 s
-DIM = 512
 CLASSES = 309
 STAGES = (('layer1', 64, 1), ('layer2', 128, 2), ('layer3', 256, 2), ('layer4', 512, 2))
 URL = 'http://www.robots.ox.ac.uk/~vgg/data/vggsound/models/H.pth.tar'
@@ -51,21 +57,6 @@ URL = 'http://www.robots.ox.ac.uk/~vgg/data/vggsound/models/H.pth.tar'
 
 class WeightsError(ValueError):
   """A weight file is missing, unreadable or does not fit the network."""
-
-
-def spectrogram(wave: np.ndarray, max_seconds: float | None = None) -> np.ndarray:
-  """`[257, frames]` float32 standardised log spectrogram; `[257, 0]` if too short."""
-  wave = np.asarray(wave, np.float64)
-  if len(wave) < TILE_SAMPLES:
-    wave = np.tile(wave, 10)[:TILE_SAMPLES]
-  if max_seconds is not None:
-    wave = wave[:int(max_seconds * SAMPLE_RATE)]
-  if len(wave) < NPERSEG:
-    return np.zeros((BINS, 0), np.float32)
-  wave = np.clip(wave, -1.0, 1.0)
-  _, _, spec = scipy.signal.spectrogram(wave, SAMPLE_RATE, nperseg=NPERSEG, noverlap=NOVERLAP)
-  spec = np.log(spec + 1e-7)
-  return ((spec - spec.mean()) / (spec.std() + 1e-9)).astype(np.float32)
 
 
 def output_length(frames):
@@ -152,11 +143,17 @@ def _expected(pool: str = 'mean'):
   return shapes
 
 
-def load_weights(path: str | pathlib.Path) -> dict:
-  """Flax variables from VGGSound's `H.pth.tar` ({'model_state_dict': ...}), without torch."""
+def check_found(path: str | pathlib.Path) -> pathlib.Path:
+  """`path`, or a `WeightsError` naming the download when there is no such file."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise WeightsError(f'VGGSound checkpoint {path} not found; download {URL}')
+  return path
+
+
+def load_weights(path: str | pathlib.Path) -> dict:
+  """Flax variables from VGGSound's `H.pth.tar` ({'model_state_dict': ...}), without torch."""
+  path = check_found(path)
   try:
     blob = load_pth(path)
   except (OSError, ValueError) as e:

@@ -1,7 +1,10 @@
 """README "Search your own sounds with a released model", run as written, start to finish.
 
-The recipe's commands are read from the README and run with random-weight files in the
-published formats standing in for the downloads: VGGish as the official TensorFlow
+The recipe's commands are read from the README and run, each as `python -m` runs its module
+but inside the test process (`tests.in_process`: the module as `__main__`, its flags parsed
+from the command's arguments; a subprocess would spend 2-8 s of CPU each re-importing JAX
+and TensorFlow), with random-weight files in the published formats standing in for the
+downloads: VGGish as the official TensorFlow
 checkpoint + PCA `.npz`, VGGSound's `H.pth.tar`, a CE `trained_model.pth` written by torch
 with the reference's keys for the experts vggish (`audio`) + vggsound, and a small word2vec
 `.bin`. The features are checked against the reference implementations, and the search
@@ -21,6 +24,7 @@ import pytest
 
 from jaxretrieval.features.release_writer import folder_reader
 from jaxretrieval.text import tokenize
+from tests import in_process
 from tests.reference_checkpoint import (
   random_state_dict,
   reference_config,
@@ -65,9 +69,8 @@ class Recipe:
   out: pathlib.Path  # the features folder
 
 
-def run_module(args: list[str]) -> subprocess.CompletedProcess:
-  result = subprocess.run([sys.executable, '-m', *args], capture_output=True, text=True,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+def run_module(args: list[str]) -> in_process.Completed:
+  result = in_process.run_module(args[0], args[1:])
   assert result.returncode == 0, (args, result.stderr[-3000:])
   return result
 
@@ -152,11 +155,26 @@ def test_recipe_search_ranks_and_scores_as_the_reference_model(recipe):
 
 
 def test_beam_pipeline_with_two_workers_equals_the_single_process_path(recipe, tmp_path):
+  """The recipe's features command with `--beam` on the DirectRunner, two workers, two shards.
+
+  The workers are threads (`--direct_running_mode=multi_threading`), not the processes that
+  `--workers=2` alone starts (`multi_processing`): the DoFns are still pickled and each
+  worker sets up its own copy (its networks loaded in `DoFn.setup`), elements are spread
+  over both and the shards are written and joined as on a cluster. Worker processes would
+  add what this test does not check, each importing TensorFlow, JAX and Beam and compiling
+  the networks again (46 s of CPU that way, 25 s this way). The pipeline runs in a process
+  of its own: run inside the test process it once brought the pytest-xdist worker down with
+  a fatal signal (one run in four, cause not found).
+  """
   features = recipe.commands[0]
   out = tmp_path / 'beam'
   args = [out if a == str(recipe.out) else a for a in features[2:]]
-  run_module([str(a) for a in args] + ['--beam', '--runner=DirectRunner', '--workers=2',
-                                       '--shards=2', '--chunk=3'])
+  command = [sys.executable, '-m', *[str(a) for a in args], '--beam', '--runner=DirectRunner',
+             '--workers=2', '--shards=2', '--chunk=3', '--beam_pipeline_options='
+             '--direct_num_workers=2 --direct_running_mode=multi_threading']
+  result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+  assert result.returncode == 0, result.stderr[-3000:]
   for name in ('aggregated_vggish', 'aggregated_vggsound'):
     assert sorted(p.name for p in (out / name).iterdir()) == [
         f'{name[11:]}-raw-0000{k}-of-00002.pkl' for k in range(2)]

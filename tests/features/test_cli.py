@@ -1,8 +1,7 @@
-"""`python -m jaxretrieval.features` on a folder of the user's own audio."""
+"""`python -m jaxretrieval.features` on a folder of the user's own audio (run in the test
+process, `tests.in_process`: what is checked is its output)."""
 
 import csv
-import subprocess
-import sys
 
 import numpy as np
 import soundfile
@@ -11,6 +10,7 @@ from jaxretrieval.data.registry import computed_release
 from jaxretrieval.data.releases import ReleaseReader
 from jaxretrieval.features.handcrafted import DIMS
 from jaxretrieval.text import WordVectors, tokenize
+from tests import in_process
 
 
 def test_folder_with_captions_and_a_broken_file(tmp_path):
@@ -32,11 +32,12 @@ def test_folder_with_captions_and_a_broken_file(tmp_path):
   WordVectors({w: rng.normal(size=300) for w in ['a', 'loud', 'noise', 'from', 'quiet', 'hiss']}
               ).save(tmp_path / 'words.npz')
   out = tmp_path / 'out'
-  result = subprocess.run(
-      [sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={audio}', f'--out={out}',
-       f'--captions={tmp_path / "captions.csv"}', f'--word_vectors={tmp_path / "words.npz"}',
-       '--val_fraction=0.25', '--test_fraction=0.25', '--workers=2'],
-      capture_output=True, text=True, check=True)
+  result = in_process.run_module(
+      'jaxretrieval.features',
+      [f'--audio_dir={audio}', f'--out={out}', f'--captions={tmp_path / "captions.csv"}',
+       f'--word_vectors={tmp_path / "words.npz"}', '--val_fraction=0.25', '--test_fraction=0.25',
+       '--workers=2'])
+  assert result.returncode == 0, result.stderr
   assert 'cannot read broken.wav' in result.stderr
   assert 'broken.wav' in (out / 'failed_files.txt').read_text()
   splits = {s: (out / f'{s}_list.txt').read_text().split() for s in ('all', 'train', 'val', 'test')}

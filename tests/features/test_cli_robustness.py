@@ -11,6 +11,7 @@ import soundfile
 from jaxretrieval.features import audio_io
 from jaxretrieval.features.__main__ import read_captions
 from jaxretrieval.features.release_writer import folder_reader, item_id, relative_path
+from tests import in_process
 
 NAMES = [' lead.wav', 'trail .wav', 'new\nline.wav', '100%.wav', 'café.wav']
 
@@ -36,8 +37,8 @@ def test_folder_of_odd_names_round_trips(tmp_path):
   (audio / 'cut.wav').write_bytes(data[:len(data) // 2])  # a download cut short
   (out / 'stale').mkdir(parents=True)  # an earlier run's output is replaced as a whole
   (out / 'audio_files.json').write_text('{}')
-  result = subprocess.run([sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={audio}',
-                           f'--out={out}', '--workers=1'], capture_output=True, text=True)
+  result = in_process.run_module('jaxretrieval.features',
+                                 [f'--audio_dir={audio}', f'--out={out}', '--workers=1'])
   assert result.returncode == 0, result.stderr
   assert 'skipping' in result.stderr and 'folder.wav: not a file' in result.stderr
   assert 'cannot read cut.wav: truncated' in result.stderr
@@ -82,6 +83,7 @@ def test_captions_csv_with_a_bom_latin1_or_short_rows(tmp_path):
 
 
 def test_out_holding_the_audio_is_refused(tmp_path):
+  """A real `python -m` process (the other tests run the CLI in this one): its exit status."""
   soundfile.write(tmp_path / 'a.wav', np.zeros(16000), 16000)
   result = subprocess.run([sys.executable, '-m', 'jaxretrieval.features',
                            f'--audio_dir={tmp_path}', f'--out={tmp_path}'],

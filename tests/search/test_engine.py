@@ -13,6 +13,7 @@ import pytest
 from jaxretrieval.models import RetrievalModel, mixture_similarity
 from jaxretrieval.search.engine import QueryError, SearchEngine
 from jaxretrieval.search.store import IndexStore
+from tests import in_process
 
 
 def test_index_holds_every_item_with_paths(tiny_index):
@@ -103,9 +104,10 @@ def test_queries_report_unknown_words_and_reject_unsearchable_ones(tiny_index):
 
 
 def test_search_command_line(tiny_index):
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search.query',
-                                      f'--index={tiny_index}', *args], capture_output=True,
-                                     text=True)
+  """The command's output, run in this process (`tests.in_process`); the next test starts a
+  real one."""
+  run = lambda *args: in_process.run_module('jaxretrieval.search.query',
+                                            [f'--index={tiny_index}', *args])
   out = run('-k', '3', 'a', 'high', 'whistles', 'blorp')
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
@@ -119,6 +121,7 @@ def test_search_command_line(tiny_index):
 
 
 def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
+  """A real `python -m` process: exit status 2 and a one-line reason, no traceback."""
   index = shutil.copytree(tiny_index, tmp_path / 'index')
   (index / 'items.json').write_text('{"ids": [')
   out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search.query', f'--index={index}', 'beep'],
@@ -128,7 +131,8 @@ def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
 
 
 def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
-  """Own audio -> features -> index -> search, with the SynthCaps-trained model."""
+  """Own audio -> features -> index -> search, with the SynthCaps-trained model. The commands
+  run in this process (`tests.in_process`): what is checked is their output and messages."""
   import soundfile
 
   from jaxretrieval.data.synthcaps import sounds
@@ -137,14 +141,15 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   for kind in ('beep', 'hiss', 'bell'):
     clip = sounds.Clip((sounds.random_event(rng, kind),), 'single', False)
     soundfile.write(tmp_path / 'audio' / f'{kind}.wav', sounds.render_clip(clip, rng), 16000)
-  subprocess.run([sys.executable, '-m', 'jaxretrieval.features', f'--audio_dir={tmp_path / "audio"}',
-                  f'--out={tmp_path / "feats"}', '--workers=1'], check=True, capture_output=True)
+  features = in_process.run_module('jaxretrieval.features', [
+      f'--audio_dir={tmp_path / "audio"}', f'--out={tmp_path / "feats"}', '--workers=1'])
+  assert features.returncode == 0, features.stderr
   data_dir = pathlib.Path(json.loads((tiny_workdir / 'config.json').read_text())['data_dir'])
   words = next(data_dir.glob('downloads/synthcaps-tiny-*/word_vectors.npz'))
-  index = lambda *args: subprocess.run(
-      [sys.executable, '-m', 'jaxretrieval.search.index', f'--workdir={tiny_workdir}',
-       f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}', f'--word_vectors={words}',
-       *args], capture_output=True, text=True)
+  index = lambda *args: in_process.run_module(
+      'jaxretrieval.search.index',
+      [f'--workdir={tiny_workdir}', f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index"}',
+       f'--word_vectors={words}', *args])
   refused = index()  # the audio lies outside the features folder, the default root
   assert refused.returncode != 0 and '--audio_root' in refused.stderr
   built = index(f'--audio_root={tmp_path / "audio"}')
@@ -154,10 +159,10 @@ def test_index_a_folder_of_own_audio(tiny_workdir, tmp_path):
   assert store.audio_roots == [str((tmp_path / 'audio').resolve())]
   assert all(store.audio_file(row) for row in range(3))
   assert len(SearchEngine(store).search('a bell', k=3).hits) == 3
-  no_table = subprocess.run(
-      [sys.executable, '-m', 'jaxretrieval.search.index', f'--workdir={tiny_workdir}',
-       f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index2"}',
-       f'--audio_root={tmp_path / "audio"}'], capture_output=True, text=True)
+  no_table = in_process.run_module(
+      'jaxretrieval.search.index',
+      [f'--workdir={tiny_workdir}', f'--data={tmp_path / "feats"}', f'--out={tmp_path / "index2"}',
+       f'--audio_root={tmp_path / "audio"}'])
   assert no_table.returncode != 0 and not (tmp_path / 'index2').exists()
   assert f'{tmp_path / "feats"} has no word_vectors.npz of its own' in no_table.stderr
   assert 'pass --word_vectors' in no_table.stderr

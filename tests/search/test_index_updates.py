@@ -14,6 +14,7 @@ from jaxretrieval.search import build, thumbnails
 from jaxretrieval.search.build import add_to_index, build_index, remove_from_index
 from jaxretrieval.search.engine import SearchEngine
 from jaxretrieval.search.store import IndexStore
+from tests import in_process
 from tests.search.test_api import features_folder, synthcaps_words
 
 
@@ -139,12 +140,13 @@ def test_remove_from_the_command_line(tiny_index, tmp_path):
   index = shutil.copytree(tiny_index, tmp_path / 'index')
   ids = IndexStore.load(index).ids
   (tmp_path / 'ids.txt').write_text(f'{ids[1]}\n{ids[2]}\n')
-  run = lambda *args: subprocess.run([sys.executable, '-m', 'jaxretrieval.search.index', *args,
-                                      f'--to={index}'], capture_output=True, text=True)
-  out = run(f'--remove={ids[0]}', f'--remove=@{tmp_path / "ids.txt"}')
+  out = in_process.run_module('jaxretrieval.search.index', [
+      f'--remove={ids[0]}', f'--remove=@{tmp_path / "ids.txt"}', f'--to={index}'])
   assert out.returncode == 0 and '13 items left' in out.stdout, out.stderr
   assert IndexStore.load(index).ids == ids[3:]
-  unknown = run('--remove=nope')
+  # A real `python -m` process: exit status 1 and a one-line reason, no traceback.
+  unknown = subprocess.run([sys.executable, '-m', 'jaxretrieval.search.index', '--remove=nope',
+                            f'--to={index}'], capture_output=True, text=True)
   assert unknown.returncode == 1 and 'not in' in unknown.stderr and 'nope' in unknown.stderr
   assert 'Traceback' not in unknown.stderr
   assert json.loads((index / 'meta.json').read_text())['num_items'] == 13
