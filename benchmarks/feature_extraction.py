@@ -7,12 +7,12 @@ Both sides get the same 16 kHz mono clips (noise and tones, `--seconds` long), e
 and are timed alternately, round after round, so that a busy shared machine slows both
 alike; the median round is reported. Weights are random (timing does not depend on them).
 
-* VGGish. Ours: `vggish.log_mel_examples` (NumPy) + the jitted Flax network
+* VGGish. Ours: `vggish_frontend.log_mel_examples` (NumPy) + the jitted Flax network
   (`pretrained.VGGishRunner`, 64-example batches) + PCA/quantisation. Reference: the
   official steps, `vggish_input` written out in NumPy (`tests/features/reference_models`) + the
   official TensorFlow graph (`tests/features/reference_models.OfficialVGGish`, all
   examples in one `session.run`) + the same postprocessing.
-* VGGSound. Ours: `vggsound.spectrogram` (SciPy, as the reference) + the jitted Flax
+* VGGSound. Ours: `vggsound_frontend.spectrogram` (SciPy, as the reference) + the jitted Flax
   ResNet-18 (`pretrained.VGGSoundRunner`). Reference: the same spectrogram + model H in
   torch (`tests/features/reference_models.torch_resnet18`), all clips in one batch, under
   `torch.no_grad`.
@@ -45,17 +45,17 @@ def make_clips(n: int, seconds: float) -> list[np.ndarray]:
 
 def vggish_sides():
   """(ours, reference): functions of the clips returning their postprocessed features."""
-  from jaxretrieval.features import pretrained, vggish
+  from jaxretrieval.features import prepare, pretrained, vggish, vggish_frontend
   from tests.features.reference_models import OfficialVGGish, official_examples
   official = OfficialVGGish()
   params = jax.tree.map(np.asarray, vggish.VGGish().init(
       jax.random.key(0), np.zeros((1, 96, 64), np.float32))['params'])
   rng = np.random.default_rng(1)
   pca = (np.linalg.qr(rng.normal(size=(128, 128)))[0], rng.normal(size=128))
-  runner = pretrained.VGGishRunner(params, pca, pretrained.Options())
+  runner = pretrained.VGGishRunner(params, pca, prepare.Options())
 
   def ours(clips):
-    return runner([vggish.log_mel_examples(c) for c in clips])
+    return runner([vggish_frontend.log_mel_examples(c) for c in clips])
 
   def reference(clips):
     examples = np.concatenate([official_examples(c.astype(np.float64)) for c in clips])
@@ -68,18 +68,19 @@ def vggsound_sides():
   """(ours, reference): functions of the clips returning model H's features."""
   import torch
 
-  from jaxretrieval.features import pretrained, vggsound
+  from jaxretrieval.features import prepare, pretrained, vggsound, vggsound_frontend
   from tests.features.reference_models import torch_resnet18
   model = torch_resnet18()
   variables = jax.tree.map(np.asarray, vggsound.ResNet18().init(
-      jax.random.key(0), np.zeros((1, vggsound.BINS, 64), np.float32), np.ones(1, np.int32)))
-  runner = pretrained.VGGSoundRunner(variables, pretrained.Options())
+      jax.random.key(0), np.zeros((1, vggsound_frontend.BINS, 64), np.float32),
+      np.ones(1, np.int32)))
+  runner = pretrained.VGGSoundRunner(variables, prepare.Options())
 
   def ours(clips):
-    return runner([vggsound.spectrogram(c) for c in clips])
+    return runner([vggsound_frontend.spectrogram(c) for c in clips])
 
   def reference(clips):
-    specs = np.stack([vggsound.spectrogram(c) for c in clips])  # the reference's own SciPy
+    specs = np.stack([vggsound_frontend.spectrogram(c) for c in clips])  # the reference's own SciPy
     with torch.no_grad():
       return model.audnet.features(torch.from_numpy(specs)[:, None]).mean(dim=2).numpy()
 

@@ -2,8 +2,8 @@
 
 Frontends run on the host per clip (`prepare.frontends`, NumPy/SciPy as the reference code,
 in decoding workers that import no JAX); the networks run in fixed-shape batches so that a
-collection compiles each network a few times, not once per file: VGGish batches its 0.96 s examples across clips (every example has the
-same shape), VGGSound pads each spectrogram to a bucket length from a short ladder and
+collection compiles each network a few times, not once per file: VGGish batches its 0.96 s
+examples across clips (every example has the same shape), VGGSound pads each spectrogram to a bucket length from a short ladder and
 masks the padding (see `vggsound`), batching clips of the same bucket.
 """
 
@@ -11,13 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.features import handcrafted, vggish, vggsound
-from jaxretrieval.features.prepare import (  # noqa: F401  (re-exported: their home before)
-  PRETRAINED,
-  Options,
-  frontends,
-  prepare_file,
-)
+from jaxretrieval.features import handcrafted, vggish, vggsound, vggsound_frontend
+from jaxretrieval.features.prepare import Options
 
 
 def features(prepared: list[dict[str, np.ndarray]], runners: dict) -> list[dict[str, np.ndarray]]:
@@ -100,7 +95,7 @@ class VGGSoundRunner:
       for i in range(0, len(members), per_batch):
         chunk = members[i:i + per_batch]
         rows = _rows(len(chunk), per_batch)
-        batch = np.zeros((rows, vggsound.BINS, length), np.float32)
+        batch = np.zeros((rows, vggsound_frontend.BINS, length), np.float32)
         lengths = np.zeros(rows, np.int32)  # unused rows: length 0, all masked
         for row, k in enumerate(chunk):
           batch[row, :, :specs[k].shape[1]] = specs[k]

@@ -20,8 +20,8 @@ embedding, rounding in quantisation). Weights come from the official `vggish_mod
 (read with `tf.train.load_checkpoint`, no TF-slim) or torchvggish's `.pth` files (read with
 the project's torch-free reader).
 
-The frontend lives in `vggish_frontend.py` (NumPy only, so the decoding workers import no
-JAX) and is re-exported here.
+The frontend (`log_mel_examples`) lives in `vggish_frontend.py`: NumPy only, so the decoding
+workers import no JAX.
 """
 
 import pathlib
@@ -31,21 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.features.vggish_frontend import (  # noqa: F401  (the frontend, re-exported)
-  BANDS,
-  DIM,
-  EXAMPLE_FRAMES,
-  FFT,
-  HIGH_HZ,
-  HOP,
-  LOG_OFFSET,
-  LOW_HZ,
-  MIN_SAMPLES,
-  SAMPLE_RATE,
-  WINDOW,
-  log_mel_examples,
-  mel_matrix,
-)
+from jaxretrieval.features.vggish_frontend import DIM
 from jaxretrieval.torch_import.torch_pickle import load_pth
 
 QUANTIZE_MIN, QUANTIZE_MAX = -2.0, 2.0

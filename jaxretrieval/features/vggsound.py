@@ -28,7 +28,7 @@ every convolution and pool sees zeros beyond the clip's own length at its resolu
 PyTorch's zero padding of the unpadded clip would, so padding does not change a value.
 
 The spectrogram lives in `vggsound_frontend.py` (NumPy/SciPy only, so the decoding workers
-import no JAX) and is re-exported here.
+import no JAX).
 """
 
 import pathlib
@@ -38,16 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxretrieval.features.vggsound_frontend import (  # noqa: F401  (re-exported)
-  BINS,
-  DIM,
-  HOP,
-  NOVERLAP,
-  NPERSEG,
-  SAMPLE_RATE,
-  TILE_SAMPLES,
-  spectrogram,
-)
+from jaxretrieval.features.vggsound_frontend import BINS
 from jaxretrieval.torch_import.torch_pickle import load_pth
 
 CLASSES = 309

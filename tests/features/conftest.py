@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxretrieval.features import audio_io, vggsound
+from jaxretrieval.features import audio_io, vggsound_frontend
 from tests.features import clips, reference_models
 
 
@@ -40,7 +40,7 @@ class Published:
   def vggsound_features(self, name: str) -> np.ndarray:
     """Model H's layer4 map of the whole clip, averaged over frequency: `[T', 512]`."""
     if name not in self._vggsound:  # computed once: several tests compare with it
-      spec = vggsound.spectrogram(self.waves[name])
+      spec = vggsound_frontend.spectrogram(self.waves[name])
       with torch.no_grad():
         self._vggsound[name] = self.vggsound_model.audnet.features(
             torch.from_numpy(spec)[None, None]).mean(dim=2)[0].T.numpy()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jaxretrieval.features import pretrained, vggish, vggsound
+from jaxretrieval.features import prepare, pretrained, vggish, vggsound
 
 
 def test_weight_errors_are_one_line_with_the_url(published, tmp_path):
@@ -24,7 +24,7 @@ def test_weight_errors_are_one_line_with_the_url(published, tmp_path):
       f'{tmp_path / "H.pth.tar"}'.join(['VGGSound checkpoint ', ' not found; download '
                                         'http://www.robots.ox.ac.uk/~vgg/data/vggsound/models/'
                                         'H.pth.tar'])]
-  options = pretrained.Options()
+  options = prepare.Options()
   with pytest.raises(vggish.WeightsError, match=r"H.pth.tar: key features.0.weight missing; is "
                                                  r"this torchvggish's VGGish"):
     pretrained.load_runners(['vggish'], options, published.vggsound_checkpoint,

@@ -111,7 +111,8 @@ def test_search_command_line(tiny_index):
   out = run('-k', '3', 'a', 'high', 'whistles', 'blorp')
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
-  assert 'unknown words (ignored): blorp' in out.stdout and 'read as: whistles -> whistle' in out.stdout
+  assert 'unknown words (ignored): blorp' in out.stdout
+  assert 'read as: whistles -> whistle' in out.stdout
   ranked = [l for l in lines if l.lstrip()[:1].isdigit()]
   assert len(ranked) == 3 and ranked[0].split()[0] == '1' and '.wav' in ranked[0]
   scores = [float(l.split()[1]) for l in ranked]
@@ -124,8 +125,8 @@ def test_search_command_line_names_a_damaged_index_file(tiny_index, tmp_path):
   """A real `python -m` process: exit status 2 and a one-line reason, no traceback."""
   index = shutil.copytree(tiny_index, tmp_path / 'index')
   (index / 'items.json').write_text('{"ids": [')
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search.query', f'--index={index}', 'beep'],
-                       capture_output=True, text=True)
+  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.search.query', f'--index={index}',
+                        'beep'], capture_output=True, text=True)
   assert out.returncode == 2 and 'Traceback' not in out.stderr
   assert f'cannot load the index: {index / "items.json"}: cannot read' in out.stderr
 
