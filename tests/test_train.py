@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxretrieval import checkpointing, input_pipeline, report, train
+from tests import in_process
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,10 +23,13 @@ TINY_FLAGS = ['--config.tfds_name=synthcaps/tiny', '--config.batch_size=16',
               '--config.model.vlad_clusters=4', '--config.model.text_clusters=6']
 
 
+def _launch_args(workdir, data_dir, *extra) -> list[str]:
+  return ['--config', str(ROOT / 'configs' / 'ce_synthcaps.py'), f'--workdir={workdir}',
+          f'--config.data_dir={data_dir}', *TINY_FLAGS, *extra]
+
+
 def _launch(workdir, data_dir, *extra, wait=True):
-  cmd = [sys.executable, str(ROOT / 'launch.py'), '--config', str(ROOT / 'configs' /
-                                                                  'ce_synthcaps.py'),
-         f'--workdir={workdir}', f'--config.data_dir={data_dir}', *TINY_FLAGS, *extra]
+  cmd = [sys.executable, str(ROOT / 'launch.py'), *_launch_args(workdir, data_dir, *extra)]
   if wait:
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, f'launch.py failed ({done.returncode}):\n{done.stderr[-5000:]}'
@@ -210,7 +214,9 @@ def test_nan_loss_in_the_first_epoch_says_no_checkpoint_was_written(synthcaps_ti
 def test_eval_mode_prints_metrics_and_keeps_the_training_record(tiny_trained, synthcaps_tiny):
   workdir, _ = tiny_trained
   before = {n: (workdir / n).read_bytes() for n in ('results.json', 'results.md')}
-  done = _launch(workdir, synthcaps_tiny, '--mode=eval')
+  # `python launch.py` run in this process (the same flags and main, no second interpreter).
+  done = in_process.run_module('launch', _launch_args(workdir, synthcaps_tiny, '--mode=eval'))
+  assert done.returncode == 0, done.stderr[-5000:]
   assert '| ce — logmel+spectral on synthcaps |' in done.stdout
   assert {n: (workdir / n).read_bytes() for n in before} == before
   evaluated = json.loads((workdir / 'eval_results.json').read_text())
