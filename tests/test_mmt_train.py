@@ -17,12 +17,15 @@ from configs import mmt_synthcaps
 from jaxretrieval import checkpointing, input_pipeline, train
 from jaxretrieval.bert_tokens import BertTokens
 from jaxretrieval.models import mmt
+from tests.launch_in_process import launch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A model that trains in seconds: 1-layer, 32-wide transformers, BERT trained from scratch on
-# a vocabulary of SynthCaps' words; 4 epochs of 100 batches of 16 drawn with replacement.
+# a vocabulary of SynthCaps' words; 4 epochs of 50 batches of 16 drawn with replacement (as
+# far above chance as 100 batches: test t2a R@1 >= 21, R@5 >= 70, a2t R@1 >= 25, R@5 >= 56 with
+# seeds 0, 1 and 2).
 TINY = {'tfds_name': 'synthcaps/tiny', 'batch_size': 16, 'num_epochs': 4,
-        'max_samples_per_epoch': 16 * 100, 'log_every_steps': 50,
+        'max_samples_per_epoch': 16 * 50, 'log_every_steps': 50,
         'optimizer.learning_rate': 3e-3, 'loss.margin': 0.2,
         'model.pretrained_text': False, 'model.text_bert.hidden_size': 32,
         'model.text_bert.num_layers': 1, 'model.text_bert.num_heads': 2,
@@ -75,14 +78,12 @@ def _flags(config) -> list[str]:
 
 @pytest.fixture(scope='module')
 def launched(synthcaps_tiny, vocab_dir, tmp_path_factory):
-  """A tiny MMT trained and tested by `python launch.py --config configs/mmt_synthcaps.py`."""
+  """A tiny MMT trained and tested by `launch.py --config configs/mmt_synthcaps.py`."""
   workdir = tmp_path_factory.mktemp('mmt_run')
   config = tiny_mmt_config(synthcaps_tiny, vocab_dir)
-  done = subprocess.run([sys.executable, str(ROOT / 'launch.py'), '--config',
-                         str(ROOT / 'configs' / 'mmt_synthcaps.py'), f'--workdir={workdir}',
-                         *_flags(config)], capture_output=True, text=True, cwd=ROOT)
-  assert done.returncode == 0, f'launch.py failed ({done.returncode}):\n{done.stderr[-5000:]}'
-  return workdir, config, done.stdout
+  stdout = launch('--config', str(ROOT / 'configs' / 'mmt_synthcaps.py'), f'--workdir={workdir}',
+                  *_flags(config))
+  return workdir, config, stdout
 
 
 def test_launch_trains_a_tiny_mmt_well_above_chance(launched):
@@ -102,7 +103,7 @@ def test_launch_trains_a_tiny_mmt_well_above_chance(launched):
   assert results['epochs_trained'] == results['best_epoch'] == 4
   assert results['checkpoint'].endswith('checkpoints/4')
   meta = checkpointing.restore(checkpointing.manager(workdir), 4, ('meta',))['meta']
-  assert meta['step'] == 4 * 100 and meta['val']['t2a']['num_queries'] == 16
+  assert meta['step'] == 4 * 50 and meta['val']['t2a']['num_queries'] == 16
 
 
 def test_eval_mode_reproduces_the_test_metrics(launched):
@@ -282,7 +283,9 @@ batch = mmt.audio_batch(items, spec, {'logmel': 4, 'spectral': 5}, None)
 batch['tokens'] = rng.randint(4, 30, (8, 7)).astype(np.int32)
 batch['token_mask'] = np.ones((8, 7), np.int32)
 batch['row_mask'] = batch['text_row_mask'] = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
-variables = mmt.MMT(spec).init(jax.random.key(0), mmt.dummy_batch(spec), False)
+# Jitted: one compiled program instead of each op's (5.3 -> 3.8 s CPU).
+variables = jax.jit(lambda key: mmt.MMT(spec).init(key, mmt.dummy_batch(spec), False))(
+    jax.random.key(0))
 loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.05, 'fix_norm': True})
 step = functools.partial(loss_and_grads, model=mmt.MMT(spec, axis_name=AXIS),
                          loss_config=loss_config)
