@@ -224,16 +224,21 @@ def test_a_new_run_starts_from_the_pretrained_text_bert(synthcaps_tiny, vocab_di
   from tests.models import mmt_torch_reference as ref
   size = len((vocab_dir / 'vocab.txt').read_text().split())
   torch.manual_seed(0)
-  bert = ref.Bert(ref.tiny_bert_config(size, type_vocab_size=2), 'LayerNorm')
+  # TINY's text tower (so the run's init program is the one the other tests compiled); the
+  # conversion of a deeper BERT: tests/models/test_mmt_import.py.
+  t = TINY
+  bert = ref.Bert(ref.tiny_bert_config(
+      size, type_vocab_size=2, hidden_size=t['model.text_bert.hidden_size'],
+      num_hidden_layers=t['model.text_bert.num_layers'],
+      num_attention_heads=t['model.text_bert.num_heads'],
+      intermediate_size=t['model.text_bert.intermediate_size'],
+      max_position_embeddings=t['model.text_bert.max_positions']), 'LayerNorm')
   folder = tmp_path / 'bert'
   folder.mkdir()
   (folder / 'vocab.txt').write_text((vocab_dir / 'vocab.txt').read_text())
   safetensors_numpy.save_file({f'bert.{k}': v.numpy() for k, v in bert.state_dict().items()},
                               str(folder / 'model.safetensors'))
-  config = tiny_mmt_config(synthcaps_tiny, folder, **{
-      'model.pretrained_text': True, 'model.text_bert.hidden_size': 64,
-      'model.text_bert.num_layers': 2, 'model.text_bert.num_heads': 4,
-      'model.text_bert.intermediate_size': 96})
+  config = tiny_mmt_config(synthcaps_tiny, folder, **{'model.pretrained_text': True})
   run = train.Experiment(config, tmp_path / 'w', train.load_datasets(config, test_only=True))
   fresh, started = run.init_variables(), run.initial_variables()
   want = bert_convert.load_pretrained(folder / 'model.safetensors', run.spec.text_bert)
