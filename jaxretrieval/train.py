@@ -335,6 +335,27 @@ def _config_differences(workdir: pathlib.Path, config) -> list[str]:
   saved, now = _flatten(json.loads(path.read_text())), _flatten(config.to_dict())
   return [f'{k} ({saved.get(k)!r} -> {now.get(k)!r})' for k in sorted(saved.keys() | now.keys())
           if str(saved.get(k)) != str(now.get(k))]
+def _imported_error(workdir: pathlib.Path) -> checkpointing.CheckpointError:
+  return checkpointing.CheckpointError(
+      f'{workdir} holds an imported checkpoint, not a training run: train in another '
+      f'workdir with --config.init_from={workdir} to start from it, or use --mode=eval '
+      'to evaluate it')
+
+
+def _refuse_imported(workdir: pathlib.Path) -> None:
+  """Refuses to train in a workdir whose newest checkpoint is an imported one, before any
+  data is loaded (`_resume` refuses it too, for when that checkpoint is unreadable here)."""
+  newest = checkpointing.latest_step(workdir)
+  if newest is None:
+    return
+  try:
+    meta = checkpointing.restore(checkpointing.manager(workdir), newest, ('meta',))['meta']
+  except Exception:  # pylint: disable=broad-except  (unreadable: `_resume` reports it)
+    return
+  if meta.get('source'):
+    raise _imported_error(workdir)
+
+
 def _resume(run: Experiment, mngr) -> tuple[TrainState, TrainMeta] | None:
   """The state of the newest readable checkpoint of the workdir, None when there is none."""
   steps = sorted(mngr.all_steps(), reverse=True)
@@ -344,10 +365,7 @@ def _resume(run: Experiment, mngr) -> tuple[TrainState, TrainMeta] | None:
   def read(step):
     meta = checkpointing.restore(mngr, step, ('meta',))['meta']
     if meta.get('source'):
-      raise checkpointing.CheckpointError(
-          f'{run.workdir} holds an imported checkpoint, not a training run: train in another '
-          f'workdir with --config.init_from={run.workdir} to start from it, or use --mode=eval '
-          'to evaluate it')
+      raise _imported_error(run.workdir)
     meta = TrainMeta.from_json(meta)
     state = run.new_state(meta.base_lr)
     _check_fits(mngr, step, _variables(state), run.config)
@@ -425,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   workdir = pathlib.Path(workdir)
   _check_config(config)
+  _refuse_imported(workdir)
   run = Experiment(config, workdir, data)
   splits.check_required_experts(run.train, run.spec.expert_names, config.flaky)
   mngr = checkpointing.manager(workdir)

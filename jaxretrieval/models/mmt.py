@@ -48,6 +48,7 @@ clamped times); this port computes from its inputs without changing them.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -253,7 +254,15 @@ def dummy_batch(spec: MMTSpec, items: int = 2, frames: int = 3, tokens: int = 4)
 
 
 def abstract_variables(spec: MMTSpec) -> dict:
-  """Shapes of MMT(spec)'s variables ({'params', 'batch_stats'}), nothing allocated."""
+  """Shapes of MMT(spec)'s variables ({'params', 'batch_stats'}), nothing allocated (a new
+  tree each call: the caller may change it)."""
+  return jax.tree.map(lambda x: x, _abstract_variables(spec))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_variables(spec: MMTSpec) -> dict:
+  # Tracing the model's init takes about a second: a spec's checkpoint conversion, parameter
+  # count and pre-trained text tower share one trace.
   model = MMT(spec)
   return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(spec), train=False))
 

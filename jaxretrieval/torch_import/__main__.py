@@ -16,8 +16,6 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
-from jaxretrieval.torch_import.importer import import_checkpoint
-
 
 def main(argv):
   del argv
@@ -29,8 +27,11 @@ def main(argv):
     if not isinstance(bases[name], ml_collections.ConfigDict):  # config_flags defers errors
       sys.exit(f'torch_import: cannot load --{name}={f[name].config_filename} (the experiment '
                f'defaults): run from the repository root, or pass --{name}=PATH/{default}')
-  meta = import_checkpoint(f.checkpoint, f.out, bases['base_config'], f.config, f.data_dir,
-                           bases['mmt_base_config'])
+  # Imported once the flags are checked: a wrong flag, a missing base config or --help
+  # answers in a fraction of a second instead of 3 s (JAX and Orbax load).
+  from jaxretrieval.torch_import import importer  # pylint: disable=g-import-not-at-top
+  meta = importer.import_checkpoint(f.checkpoint, f.out, bases['base_config'], f.config,
+                                    f.data_dir, bases['mmt_base_config'])
   if meta['optimizer_format'] is None:
     ranger = 'no optimizer state'
   elif meta['optimizer_steps']:

@@ -126,10 +126,12 @@ def test_cli_writes_an_evaluable_workdir(tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps(config))
   out = subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', '--checkpoint',
                         str(path), '--config', str(tmp_path / 'config.json'), '--out',
-                        str(tmp_path / 'w')], capture_output=True, text=True, check=True)
+                        str(tmp_path / 'w'), f'--data_dir={tmp_path / "tfds"}'],
+                       capture_output=True, text=True, check=True)
   assert '7,389,127 parameters' in out.stdout
   assert checkpointing.latest_step(tmp_path / 'w') == 12
-  assert json.loads((tmp_path / 'w' / 'config.json').read_text())['experts'] == ['vggish']
+  written = json.loads((tmp_path / 'w' / 'config.json').read_text())
+  assert written['experts'] == ['vggish'] and written['data_dir'] == str(tmp_path / 'tfds')
 
 
 def test_cli_names_a_missing_base_config(tmp_path):
@@ -199,30 +201,21 @@ def test_unreadable_files_are_reported(tmp_path):
 
 
 @pytest.mark.slow
-def test_imported_checkpoint_evaluates_like_the_reference(tmp_path):
-  """Import -> launch.py --mode=eval on a miniature CLOTHO equals the NumPy reference."""
-  import pathlib
-
+def test_imported_checkpoint_evaluates_like_the_reference(tmp_path, miniature_clotho):
+  """Import -> launch.py --mode=eval on a miniature CLOTHO equals the NumPy reference
+  (the torch_import CLI's --data_dir: test_cli_writes_an_evaluable_workdir)."""
   from jaxretrieval.metrics import retrieval_metrics
-  from tests.data.test_release_builders import build
-  from tests.release_miniature import make_contents, write_release
-  contents = make_contents('clotho', {'train': 3, 'val': 3, 'test': 9})
-  build('clotho', tmp_path, write_release('clotho', tmp_path, contents))
+  from tests.launch_in_process import launch
+  data_dir, contents = miniature_clotho
   modalities = ['audio', 'vggsound']
   path, state_dict, config = _write(tmp_path, 'CLOTHO', modalities, 'ce', seed=5)
-  root = pathlib.Path(__file__).resolve().parents[2]
-  subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', f'--checkpoint={path}',
-                  f'--out={tmp_path / "w"}', f'--data_dir={tmp_path / "tfds"}'], check=True,
-                 capture_output=True, cwd=root)
-  evaluated = subprocess.run([sys.executable, 'launch.py', '--mode=eval',
-                              f'--workdir={tmp_path / "w"}'], capture_output=True, text=True,
-                             cwd=root)
-  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  import_checkpoint(str(path), str(tmp_path / 'w'), common.get_config(), data_dir=str(data_dir))
+  printed = launch('--mode=eval', f'--workdir={tmp_path / "w"}')
   ours = json.loads((tmp_path / 'w' / 'eval_results.json').read_text())['test']
-  assert '| ce — vggish+vggsound on clotho |' in evaluated.stdout  # the metrics table
-  training = subprocess.run([sys.executable, 'launch.py', f'--workdir={tmp_path / "w"}'],
-                            capture_output=True, text=True, cwd=root)
-  assert training.returncode != 0 and 'holds an imported checkpoint' in training.stderr
+  assert '| ce — vggish+vggsound on clotho |' in printed  # the metrics table
+  with pytest.raises(SystemExit, match='holds an imported checkpoint') as refused:
+    launch(f'--workdir={tmp_path / "w"}')
+  assert refused.value.code != 0
   # The reference's evaluation: first max_tokens frames, zero padding, 5 captions per item.
   ids = contents['ids']['test']
   names = {'audio': 'vggish', 'vggsound': 'vggsound'}
@@ -266,13 +259,13 @@ def _ranger_state(state_dict, keys, step, lr, seed=0):
 
 @pytest.fixture(scope='module')
 def miniature_clotho(tmp_path_factory):
-  """A TFDS data_dir holding a miniature CLOTHO release."""
+  """(a TFDS data_dir holding a miniature CLOTHO release, the release's contents)."""
   from tests.data.test_release_builders import build
   from tests.release_miniature import make_contents, write_release
   root = tmp_path_factory.mktemp('clotho')
-  contents = make_contents('clotho', {'train': 4, 'val': 3, 'test': 3})
+  contents = make_contents('clotho', {'train': 4, 'val': 3, 'test': 9})
   build('clotho', root, write_release('clotho', root, contents))
-  return root / 'tfds'
+  return root / 'tfds', contents
 
 
 def _fine_tune_config(imported, data_dir):
@@ -297,7 +290,7 @@ def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_cloth
                                                                 MAX_TOKENS), optimizer=ranger)
   meta = import_checkpoint(str(path), str(tmp_path / 'imported'), common.get_config())
   assert meta['learning_rate'] == pytest.approx(lr) and meta['optimizer_steps'] == t0
-  config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
+  config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho[0])
   run = train.Experiment(config, tmp_path / 'tuned')
   state, train_meta = train._initialise_from(run)
   assert train_meta.base_lr == pytest.approx(lr)
@@ -334,7 +327,7 @@ def test_a_ranger_that_never_stepped_imports_its_weights_and_learning_rate(
                         str(path), '--out', str(tmp_path / 'imported')], capture_output=True,
                        text=True, check=True)
   assert 'the Ranger state is empty (never stepped), lr 0.01' in out.stdout
-  config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho)
+  config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho[0])
   state, meta = train._initialise_from(train.Experiment(config, tmp_path / 'tuned'))
   assert meta.base_lr == pytest.approx(0.01) and int(state.opt_state.count) == 0
   want = convert.convert_state_dict(state_dict, convert.spec_from_reference(
