@@ -17,7 +17,7 @@ from configs import mmt_synthcaps
 from jaxretrieval import checkpointing, input_pipeline, train
 from jaxretrieval.bert_tokens import BertTokens
 from jaxretrieval.models import mmt
-from tests.launch_in_process import launch
+from tests import in_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A model that trains in seconds: 1-layer, 32-wide transformers, BERT trained from scratch on
@@ -81,9 +81,11 @@ def launched(synthcaps_tiny, vocab_dir, tmp_path_factory):
   """A tiny MMT trained and tested by `launch.py --config configs/mmt_synthcaps.py`."""
   workdir = tmp_path_factory.mktemp('mmt_run')
   config = tiny_mmt_config(synthcaps_tiny, vocab_dir)
-  stdout = launch('--config', str(ROOT / 'configs' / 'mmt_synthcaps.py'), f'--workdir={workdir}',
-                  *_flags(config))
-  return workdir, config, stdout
+  # `python launch.py ...`, run in this process (tests.in_process).
+  done = in_process.run_module('launch', ['--config', str(ROOT / 'configs' / 'mmt_synthcaps.py'),
+                                          f'--workdir={workdir}', *_flags(config)])
+  assert done.returncode == 0, f'launch.py failed ({done.returncode}):\n{done.stderr[-5000:]}'
+  return workdir, config, done.stdout
 
 
 def test_launch_trains_a_tiny_mmt_well_above_chance(launched):

@@ -205,17 +205,18 @@ def test_imported_checkpoint_evaluates_like_the_reference(tmp_path, miniature_cl
   """Import -> launch.py --mode=eval on a miniature CLOTHO equals the NumPy reference
   (the torch_import CLI's --data_dir: test_cli_writes_an_evaluable_workdir)."""
   from jaxretrieval.metrics import retrieval_metrics
-  from tests.launch_in_process import launch
+  from tests import in_process
   data_dir, contents = miniature_clotho
   modalities = ['audio', 'vggsound']
   path, state_dict, config = _write(tmp_path, 'CLOTHO', modalities, 'ce', seed=5)
   import_checkpoint(str(path), str(tmp_path / 'w'), common.get_config(), data_dir=str(data_dir))
-  printed = launch('--mode=eval', f'--workdir={tmp_path / "w"}')
+  # `python launch.py ...`, run in this process (tests.in_process).
+  evaluated = in_process.run_module('launch', ['--mode=eval', f'--workdir={tmp_path / "w"}'])
+  assert evaluated.returncode == 0, evaluated.stderr[-5000:]
   ours = json.loads((tmp_path / 'w' / 'eval_results.json').read_text())['test']
-  assert '| ce — vggish+vggsound on clotho |' in printed  # the metrics table
-  with pytest.raises(SystemExit, match='holds an imported checkpoint') as refused:
-    launch(f'--workdir={tmp_path / "w"}')
-  assert refused.value.code != 0
+  assert '| ce — vggish+vggsound on clotho |' in evaluated.stdout  # the metrics table
+  refused = in_process.run_module('launch', [f'--workdir={tmp_path / "w"}'])
+  assert refused.returncode != 0 and 'holds an imported checkpoint' in refused.stderr
   # The reference's evaluation: first max_tokens frames, zero padding, 5 captions per item.
   ids = contents['ids']['test']
   names = {'audio': 'vggish', 'vggsound': 'vggsound'}
