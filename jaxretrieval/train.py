@@ -335,6 +335,8 @@ def _config_differences(workdir: pathlib.Path, config) -> list[str]:
   saved, now = _flatten(json.loads(path.read_text())), _flatten(config.to_dict())
   return [f'{k} ({saved.get(k)!r} -> {now.get(k)!r})' for k in sorted(saved.keys() | now.keys())
           if str(saved.get(k)) != str(now.get(k))]
+
+
 def _imported_error(workdir: pathlib.Path) -> checkpointing.CheckpointError:
   return checkpointing.CheckpointError(
       f'{workdir} holds an imported checkpoint, not a training run: train in another '
