@@ -9,7 +9,7 @@ they are loaded already. Tests about the process itself (its exit status and mes
 a real process, its exit on a signal) still start one. Global state is put back after each
 run: the absl flags (during the run only absl's own are defined, as in a new process; the
 module's are removed after it, the others restored), whether they were parsed, absl's
-logging verbosity, the root logger's handlers and `sys.argv`.
+logger's level, the root logger's handlers and `sys.argv`.
 """
 
 import contextlib
@@ -37,7 +37,9 @@ class Completed:
 def run_module(module: str, args: list[str]) -> Completed:
   """`python -m module *args`, in this process."""
   fv = flags.FLAGS
-  was_parsed, verbosity, argv = fv.is_parsed(), absl_logging.get_verbosity(), sys.argv
+  # absl's logger's own level (get_verbosity gives the effective one: restoring that would
+  # leave an explicit WARNING where the level was unset, hiding INFO from caplog after).
+  was_parsed, absl_level, argv = fv.is_parsed(), absl_logging.get_absl_logger().level, sys.argv
   handlers = list(logging.root.handlers)  # app.run adds absl's
   # A new process starts with absl's own flags only: the others defined in this one (by an
   # imported module, such as jaxretrieval.features.__main__) are lifted out meanwhile.
@@ -83,6 +85,6 @@ def run_module(module: str, args: list[str]) -> Completed:
         fv.register_flag_by_module(module_name, flag)
     if was_parsed:
       fv.mark_as_parsed()
-    absl_logging.set_verbosity(verbosity)
+    absl_logging.get_absl_logger().setLevel(absl_level)
     logging.root.handlers[:] = handlers
   return Completed([module, *args], code, stdout.getvalue(), stderr.getvalue())
