@@ -66,7 +66,8 @@ def one_step(config, dims=None, batch_size=4):
   return spec, float(metrics.loss.compute()[0]), not np.array_equal(before, after)
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == FULL_SIZE else n
+                                  for n in CONFIGS])
 def test_config_builds_and_trains(name):
   config = importlib.import_module(f'configs.{name}').get_config()
   dataset = registry.DATASETS[config.dataset]

@@ -88,6 +88,7 @@ def launched(synthcaps_tiny, vocab_dir, tmp_path_factory):
   return workdir, config, done.stdout
 
 
+@pytest.mark.slow
 def test_launch_trains_a_tiny_mmt_well_above_chance(launched):
   workdir, _, stdout = launched
   results = json.loads((workdir / 'results.json').read_text())
@@ -319,6 +320,7 @@ print('ok', one, two, worst)
 '''
 
 
+@pytest.mark.slow
 def test_two_devices_match_one():
   done = subprocess.run([sys.executable, '-c', _TWO_DEVICES], capture_output=True, text=True,
                         cwd=ROOT)

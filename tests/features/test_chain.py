@@ -109,6 +109,7 @@ def read_folder(out: pathlib.Path) -> dict[str, dict]:
   return dict(reader.audio_examples('all'))
 
 
+@pytest.mark.slow
 def test_recipe_features_equal_the_reference_implementations(published, recipe):
   assert 'clips/s' in recipe.stdout[0] and 'ETA' in recipe.stdout[0]
   assert '1 too short for vggish' in recipe.stdout[0]  # the 0.5 s clip
@@ -154,6 +155,7 @@ def test_recipe_search_ranks_and_scores_as_the_reference_model(recipe):
   np.testing.assert_allclose([h['score'] for h in hits], scores[order], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_beam_pipeline_with_two_workers_equals_the_single_process_path(recipe, tmp_path):
   """The recipe's features command with `--beam` on the DirectRunner, two workers, two shards.
 

@@ -78,6 +78,7 @@ def toy_batch(items=16, frames=3, dim=8, seed=0):
           'availability': np.ones((items, 2), np.float32)}
 
 
+@pytest.mark.slow
 def test_tiny_mmt_learns_well_above_chance():
   c = tiny_config()
   spec = mmt.mmt_spec(c, {'vggish': 8, 'vggsound': 8})

@@ -279,6 +279,7 @@ def _fine_tune_config(imported, data_dir):
   return config, train
 
 
+@pytest.mark.slow
 def test_fine_tuning_resumes_the_imported_ranger_state(tmp_path, miniature_clotho):
   """torch_import of a stepped Ranger -> init_from with the default init_optimizer: the steps
   that follow are the reference Ranger's, from its state and its decayed learning rate."""
