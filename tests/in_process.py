@@ -74,8 +74,12 @@ def run_module(module: str, args: list[str]) -> Completed:
     sys.argv = argv
     if imported is not None:
       sys.modules[main] = imported
-    for name in set(fv) - before:  # the module's (absl names it by its file); absl's own stay
-      if not (fv.find_module_defining_flag(name) or '').startswith('absl.'):
+    # The flags the run defined go: the module's (absl names it by its file) and those defined
+    # while parsing (ml_collections' --config.X overrides, named as absl.flags._flag's); the
+    # ones absl's modules define once per process on first use (--help, ...) stay.
+    for name in set(fv) - before:
+      owner = fv.find_module_defining_flag(name) or ''
+      if not owner.startswith('absl.') or owner == 'absl.flags._flag':
         delattr(fv, name)
     fv.unparse_flags()
     for module_name, defined in lifted.items():
