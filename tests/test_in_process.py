@@ -1,6 +1,5 @@
 """tests.in_process: `python -m` in the test process leaves no state behind for the next run."""
 
-
 from absl import flags
 from absl import logging as absl_logging
 
