@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from jaxretrieval.data.release_files import ReleaseFileError, shard_name
-from jaxretrieval.features.pipeline import shard_of
 from jaxretrieval.features.release_writer import (
   Item,
   folder_reader,
@@ -26,6 +25,13 @@ def _items():
       experts['vggish'] = rng.normal(size=(2, 128)).astype(np.float32)
     items.append(Item(f'clip{k}.wav', experts, [f'a dog {k}'] if k % 2 else []))
   return items
+
+
+def shard_of(item: str, shards: int) -> int:
+  """The Beam pipeline's `shard_of` (imported here, not at collection: Beam takes ~2 s to
+  import, paid by every pytest worker that collects this file otherwise)."""
+  from jaxretrieval.features import pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.shard_of(item, shards)
 
 
 def _write_sharded(root, items, words, shards=3):
