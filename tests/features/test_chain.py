@@ -4,10 +4,9 @@ The recipe's commands are read from the README and run, each as `python -m` runs
 but inside the test process (`tests.in_process`: the module as `__main__`, its flags parsed
 from the command's arguments; a subprocess would spend 2-8 s of CPU each re-importing JAX
 and TensorFlow), with random-weight files in the published formats standing in for the
-downloads: VGGish as the official TensorFlow
-checkpoint + PCA `.npz`, VGGSound's `H.pth.tar`, a CE `trained_model.pth` written by torch
-with the reference's keys for the experts vggish (`audio`) + vggsound, and a small word2vec
-`.bin`. The features are checked against the reference implementations, and the search
+downloads: VGGish as the official TensorFlow checkpoint + PCA `.npz`, VGGSound's
+`H.pth.tar`, a CE `trained_model.pth` written by torch with the reference's keys for the
+experts vggish (`audio`) + vggsound, and a small word2vec `.bin`. The features are checked against the reference implementations, and the search
 results (order and scores) against the reference CE forward pass (NumPy) on them.
 """
 
