@@ -3,8 +3,9 @@
 Frontends run on the host per clip (`prepare.frontends`, NumPy/SciPy as the reference code,
 in decoding workers that import no JAX); the networks run in fixed-shape batches so that a
 collection compiles each network a few times, not once per file: VGGish batches its 0.96 s
-examples across clips (every example has the same shape), VGGSound pads each spectrogram to a bucket length from a short ladder and
-masks the padding (see `vggsound`), batching clips of the same bucket.
+examples across clips (every example has the same shape), VGGSound pads each spectrogram to
+a bucket length from a short ladder and masks the padding (see `vggsound`), batching clips
+of the same bucket.
 """
 
 import jax

@@ -6,8 +6,9 @@ from the command's arguments; a subprocess would spend 2-8 s of CPU each re-impo
 and TensorFlow), with random-weight files in the published formats standing in for the
 downloads: VGGish as the official TensorFlow checkpoint + PCA `.npz`, VGGSound's
 `H.pth.tar`, a CE `trained_model.pth` written by torch with the reference's keys for the
-experts vggish (`audio`) + vggsound, and a small word2vec `.bin`. The features are checked against the reference implementations, and the search
-results (order and scores) against the reference CE forward pass (NumPy) on them.
+experts vggish (`audio`) + vggsound, and a small word2vec `.bin`. The features are checked
+against the reference implementations, and the search results (order and scores) against
+the reference CE forward pass (NumPy) on them.
 """
 
 import dataclasses
