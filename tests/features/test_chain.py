@@ -157,23 +157,18 @@ def test_recipe_search_ranks_and_scores_as_the_reference_model(recipe):
 
 @pytest.mark.slow
 def test_beam_pipeline_with_two_workers_equals_the_single_process_path(recipe, tmp_path):
-  """The recipe's features command with `--beam` on the DirectRunner, two workers, two shards.
+  """The recipe's features command with `--beam` on the DirectRunner, two worker processes
+  (`--workers=2`: multi_processing), two shards, in a process of its own.
 
-  The workers are threads (`--direct_running_mode=multi_threading`), not the processes that
-  `--workers=2` alone starts (`multi_processing`): the DoFns are still pickled and each
-  worker sets up its own copy (its networks loaded in `DoFn.setup`), elements are spread
-  over both and the shards are written and joined as on a cluster. Worker processes would
-  add what this test does not check, each importing TensorFlow, JAX and Beam and compiling
-  the networks again (46 s of CPU that way, 25 s this way). The pipeline runs in a process
-  of its own: run inside the test process it once brought the pytest-xdist worker down with
-  a fatal signal (one run in four, cause not found).
+  Not two worker threads (`--direct_running_mode=multi_threading`, 25 s of CPU instead of
+  46 s): that mode aborted the process (SIGABRT) in 2 of about 20 runs, in the test process
+  and in a subprocess, cause not found.
   """
   features = recipe.commands[0]
   out = tmp_path / 'beam'
   args = [out if a == str(recipe.out) else a for a in features[2:]]
   command = [sys.executable, '-m', *[str(a) for a in args], '--beam', '--runner=DirectRunner',
-             '--workers=2', '--shards=2', '--chunk=3', '--beam_pipeline_options='
-             '--direct_num_workers=2 --direct_running_mode=multi_threading']
+             '--workers=2', '--shards=2', '--chunk=3']
   result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
   assert result.returncode == 0, result.stderr[-3000:]
