@@ -23,6 +23,7 @@ import logging
 import os
 import pathlib
 import shlex
+import sys
 import time
 import zlib
 
@@ -119,6 +120,22 @@ def pipeline_options(runner: str, extra: str, workers: int) -> PipelineOptions:
   return PipelineOptions(args)
 
 
+def _realise_lazy_modules() -> None:
+  """Reads `vars()` of every imported module once, in this thread.
+
+  Beam's state cache sizes each value it loads with objsize, which reads `vars()` of every
+  module in `sys.modules`. A cffi library module (cryptography's `_openssl.lib`, imported
+  with Beam) builds its attributes lazily on that first read, and two DirectRunner worker
+  threads doing it at once abort the process (cffi's `realize_c_type.c` assertion, seen
+  with `--direct_running_mode=multi_threading`). Once built, later reads only look them up.
+  """
+  for module in list(sys.modules.values()):
+    try:
+      vars(module)
+    except TypeError:  # objects without a __dict__ (objsize skips them too)
+      pass
+
+
 def extract(ids: list[str], audio_dir: pathlib.Path, root: pathlib.Path, experts, options,
             weights: dict, captions: dict, word_vectors: str | None, shards: int, runner: str,
             extra_options: str, workers: int, chunk: int):
@@ -139,6 +156,7 @@ def extract(ids: list[str], audio_dir: pathlib.Path, root: pathlib.Path, experts
   # Worker logs reach the console on the workers' own stderr; the runner's copies of them
   # (and its start-up chatter) are left out.
   logging.getLogger('apache_beam').setLevel(logging.ERROR)
+  _realise_lazy_modules()
   start = time.time()
   with beam.Pipeline(options=beam_options) as p:
     prepared = (p | 'ids' >> beam.io.ReadFromText(str(ids_file))
