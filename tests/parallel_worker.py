@@ -1,18 +1,19 @@
-"""One global-batch loss/gradient computation, run in subprocesses by test_parallel.py.
+"""Global-batch loss/gradient computations, run in subprocesses by test_parallel.py.
 
-  python -m tests.parallel_worker OUT.npz DEVICES [PROCESS_ID NUM_PROCESSES PORT]
+  python -m tests.parallel_worker OUT DEVICES[,DEVICES...] [PROCESS_ID NUM_PROCESSES PORT]
 
-Every process builds the same model and global batch from fixed seeds, feeds its slice of
-the batch (split over its DEVICES local devices) to the pmapped `loss_and_grads`, and
-writes the loss, the gradients and the new BatchNorm statistics.
+Every process builds the same model and global batch from fixed seeds and, for each device
+count D of the list, feeds its slice of the batch (split over D local devices) to the
+pmapped `loss_and_grads`; the first process writes the loss, the gradients and the new
+BatchNorm statistics to OUT-D.npz. The process has as many local devices as the largest D.
 """
 
 import os
 import sys
 
-out, devices = sys.argv[1], int(sys.argv[2])
+out, counts = sys.argv[1], [int(d) for d in sys.argv[2].split(',')]
 os.environ['XLA_FLAGS'] = (f"{os.environ.get('XLA_FLAGS', '')} "
-                           f'--xla_force_host_platform_device_count={devices}')
+                           f'--xla_force_host_platform_device_count={max(counts)}')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top
@@ -28,8 +29,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from tests.parallel_setup import global_step  # pylint: disable=g-import-not-at-top
 
-result = global_step(devices, process, processes)
-if process == 0:
-  np.savez(out, **result)
+for devices in counts:
+  result = global_step(devices, process, processes)
+  if process == 0:
+    np.savez(f'{out}-{devices}.npz', **result)
 if processes > 1:
   jax.distributed.shutdown()

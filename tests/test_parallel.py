@@ -7,26 +7,25 @@ import sys
 import numpy as np
 import pytest
 
-from tests.parallel_setup import global_step
 
-
-def _run(tmp_path, name, devices, processes=1):
-  out = tmp_path / f'{name}.npz'
+def _run(out, devices: list[int], processes=1) -> dict[int, dict[str, np.ndarray]]:
+  """tests.parallel_worker's results for each device count, from `processes` processes."""
+  counts = ','.join(map(str, devices))
   if processes == 1:
-    subprocess.run([sys.executable, '-m', 'tests.parallel_worker', str(out), str(devices)],
+    subprocess.run([sys.executable, '-m', 'tests.parallel_worker', str(out), counts],
                    check=True, capture_output=True)
   else:
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
       port = s.getsockname()[1]
-    procs = [subprocess.Popen([sys.executable, '-m', 'tests.parallel_worker', str(out),
-                               str(devices), str(p), str(processes), str(port)],
+    procs = [subprocess.Popen([sys.executable, '-m', 'tests.parallel_worker', str(out), counts,
+                               str(p), str(processes), str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for p in range(processes)]
     for p in procs:
       _, err = p.communicate(timeout=300)
       assert p.returncode == 0, err.decode()[-3000:]
-  return dict(np.load(out))
+  return {d: dict(np.load(f'{out}-{d}.npz')) for d in devices}
 
 
 def _compare(got, want):
@@ -39,16 +38,17 @@ def _compare(got, want):
 
 
 @pytest.fixture(scope='module')
-def single_device():
-  """The reference: one device, in this process (the same code as the workers)."""
-  return global_step(1)
+def one_process(tmp_path_factory):
+  """One process of 8 devices: the global step on 1 device (the reference, the same code as
+  on several) and on all 8; one process compiles both, after one set of imports."""
+  return _run(tmp_path_factory.mktemp('parallel') / 'single', [1, 8])
 
 
 @pytest.mark.slow
-def test_eight_devices_match_one(single_device, tmp_path):
-  _compare(_run(tmp_path, 'eight', 8), single_device)
+def test_eight_devices_match_one(one_process):
+  _compare(one_process[8], one_process[1])
 
 
 @pytest.mark.slow
-def test_two_hosts_of_two_devices_match_one(single_device, tmp_path):
-  _compare(_run(tmp_path, 'hosts', 2, processes=2), single_device)
+def test_two_hosts_of_two_devices_match_one(one_process, tmp_path):
+  _compare(_run(tmp_path / 'hosts', [2], processes=2)[2], one_process[1])
