@@ -250,9 +250,8 @@ def test_report_aggregates_seeds(tiny_trained, tmp_path):
   r1 = entry['t2a']['R1']
   assert r1['mean'] == pytest.approx(results['test']['t2a']['R1'] + 1.0)
   assert r1['std'] == pytest.approx(np.std([0.0, 2.0], ddof=1))
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.report', *runs,
-                        f'--out={tmp_path / "rep"}'], capture_output=True, text=True, check=True,
-                       cwd=ROOT)
+  out = in_process.run_module('jaxretrieval.report', [*runs, f'--out={tmp_path / "rep"}'])
+  assert out.returncode == 0, out.stderr
   assert '(2 runs)' in out.stdout and (tmp_path / 'rep.json').is_file()
 
 

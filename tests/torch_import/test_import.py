@@ -17,6 +17,7 @@ from jaxretrieval.models.spec import model_spec
 from jaxretrieval.torch_import import convert
 from jaxretrieval.torch_import.importer import config_from_reference, import_checkpoint
 from jaxretrieval.torch_import.torch_pickle import TorchFileError, load_pth
+from tests import in_process
 from tests.reference_checkpoint import (
   REF_EXPERTS,
   random_state_dict,
@@ -124,10 +125,10 @@ def test_ranger_state_is_imported_with_transposed_kernels(tmp_path):
 def test_cli_writes_an_evaluable_workdir(tmp_path):
   path, _, config = _write(tmp_path, 'CLOTHO', ['audio'], 'mimic')
   (tmp_path / 'config.json').write_text(json.dumps(config))
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', '--checkpoint',
-                        str(path), '--config', str(tmp_path / 'config.json'), '--out',
-                        str(tmp_path / 'w'), f'--data_dir={tmp_path / "tfds"}'],
-                       capture_output=True, text=True, check=True)
+  out = in_process.run_module('jaxretrieval.torch_import', [
+      '--checkpoint', str(path), '--config', str(tmp_path / 'config.json'), '--out',
+      str(tmp_path / 'w'), f'--data_dir={tmp_path / "tfds"}'])
+  assert out.returncode == 0, out.stderr
   assert '7,389,127 parameters' in out.stdout
   assert checkpointing.latest_step(tmp_path / 'w') == 12
   written = json.loads((tmp_path / 'w' / 'config.json').read_text())
@@ -326,9 +327,9 @@ def test_a_ranger_that_never_stepped_imports_its_weights_and_learning_rate(
   write_reference_checkpoint(path, state_dict, reference_config('CLOTHO', ['audio'], 'mimic',
                                                                 MAX_TOKENS),
                              optimizer=_ranger_state(state_dict, keys, 0, 0.01))
-  out = subprocess.run([sys.executable, '-m', 'jaxretrieval.torch_import', '--checkpoint',
-                        str(path), '--out', str(tmp_path / 'imported')], capture_output=True,
-                       text=True, check=True)
+  out = in_process.run_module('jaxretrieval.torch_import', [
+      '--checkpoint', str(path), '--out', str(tmp_path / 'imported')])
+  assert out.returncode == 0, out.stderr
   assert 'the Ranger state is empty (never stepped), lr 0.01' in out.stdout
   config, train = _fine_tune_config(tmp_path / 'imported', miniature_clotho[0])
   state, meta = train._initialise_from(train.Experiment(config, tmp_path / 'tuned'))
