@@ -5,8 +5,6 @@ import pathlib
 import pickle
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import tensorflow_datasets as tfds
 from jaxretrieval.data import registry
 from jaxretrieval.data.releases import ReleaseFileError
 from jaxretrieval.data.tfds_builders import BUILDERS
+from tests import in_process
 from tests.release_miniature import LAYOUTS, make_contents, write_hickle4, write_release
 
 DATASETS = sorted(LAYOUTS)
@@ -70,12 +69,11 @@ def test_tfds_command_line_build(tmp_path):
   contents = make_contents('clotho', {'train': 3, 'val': 2, 'test': 2})
   manual = write_release('clotho', tmp_path, contents)
   root = pathlib.Path(__file__).resolve().parents[2]
-  tfds_cli = pathlib.Path(sys.executable).parent / 'tfds'
-  # The checkout under test, whichever copy of the package is installed.
-  env = {**os.environ, 'PYTHONPATH': str(root)}
-  subprocess.run([str(tfds_cli), 'build', str(root / 'data_builders' / 'clotho'),
-                  f'--manual_dir={manual}', f'--data_dir={tmp_path / "cli"}'], check=True,
-                 capture_output=True, cwd=tmp_path, env=env)
+  # `tfds build` (its console script runs this module's launch_cli), in this process.
+  done = in_process.run_module('tensorflow_datasets.scripts.cli.main', [
+      'build', str(root / 'data_builders' / 'clotho'), f'--manual_dir={manual}',
+      f'--data_dir={tmp_path / "cli"}'])
+  assert done.returncode == 0, done.stderr[-3000:]
   loaded = tfds.builder_from_directory(str(tmp_path / 'cli' / 'clotho' / '1.0.0'))
   check_split(loaded, 'val', contents)
 
