@@ -303,32 +303,34 @@ def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
 
 
 @pytest.mark.slow
-def test_data_on_device_trains_exactly_like_host_batches(synthcaps_tiny, tmp_path):
-  host = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1), str(tmp_path / 'a'))
-  device = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1,
-                                                data_on_device=True), str(tmp_path / 'b'))
+def test_data_on_device_trains_exactly_like_host_batches(tiny_trained, synthcaps_tiny, tmp_path):
+  """The same run as `tiny_trained` (host batches) with the data on the device."""
+  host_dir, host = tiny_trained
+  device = train.train_and_evaluate(tiny_config(synthcaps_tiny, data_on_device=True),
+                                    str(tmp_path))
   for d in ('t2a', 'a2t'):
     for k in ('R1', 'R5', 'R10', 'MeanR'):
       assert host['test'][d][k] == device['test'][d][k]
-  a = checkpointing.restore(checkpointing.manager(tmp_path / 'a'), 1)['model']
-  b = checkpointing.restore(checkpointing.manager(tmp_path / 'b'), 1)['model']
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, atol=1e-6)
+  for step in (1, 2):
+    a = checkpointing.restore(checkpointing.manager(host_dir), step)['model']
+    b = checkpointing.restore(checkpointing.manager(tmp_path), step)['model']
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(x, y, atol=1e-6)
 
 
 @pytest.mark.slow
-def test_fused_ranger_trains_like_the_optax_chain(synthcaps_tiny, tmp_path):
-  """config.optimizer.fused (optim.ranger_apply in the step) against optax's chain and
-  apply_gradients: batch 8 gives 6 steps, the last a LookAhead synchronisation; the weights,
-  BatchNorm statistics and the whole optimizer state agree to float32 rounding."""
-  states = []
-  for fused in (True, False):
-    config = tiny_config(synthcaps_tiny, num_epochs=1, batch_size=8, seed=3)
-    config.optimizer.fused = fused
-    train.train_and_evaluate(config, str(tmp_path / str(fused)))
-    states.append(checkpointing.restore(checkpointing.manager(tmp_path / str(fused)), 1,
-                                        ('model', 'meta', 'optimizer')))
-  fused, chain = states
+def test_fused_ranger_trains_like_the_optax_chain(tiny_trained, synthcaps_tiny, tmp_path):
+  """config.optimizer.fused (optim.ranger_apply in the step, the default: `tiny_trained`)
+  against optax's chain and apply_gradients: 2 epochs of 3 steps, the last a LookAhead
+  synchronisation; the weights, BatchNorm statistics and the whole optimizer state agree to
+  float32 rounding."""
+  config = tiny_config(synthcaps_tiny)
+  assert config.optimizer.fused
+  config.optimizer.fused = False
+  train.train_and_evaluate(config, str(tmp_path))
+  fused, chain = (checkpointing.restore(checkpointing.manager(workdir), 2,
+                                        ('model', 'meta', 'optimizer'))
+                  for workdir in (tiny_trained[0], tmp_path))
   assert fused['meta']['step'] == chain['meta']['step'] == 6
   for x, y in zip(jax.tree.leaves((fused['model'], fused['optimizer'])),
                   jax.tree.leaves((chain['model'], chain['optimizer']))):
