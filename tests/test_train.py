@@ -277,9 +277,9 @@ def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
   """init_optimizer=False: the optimizer starts on the restored weights (LookAhead's slow
   weights included), so training equals a run initialised with those weights."""
   source, _ = tiny_trained
-  # batch 8: 6 steps, so the LookAhead synchronisation at step 6 happens.
-  config = tiny_config(synthcaps_tiny, init_from=str(source), init_optimizer=False,
-                       num_epochs=1, batch_size=8, seed=3)
+  # 2 epochs of 3 steps, so the LookAhead synchronisation at step 6 happens; tiny_config's
+  # batch, seed and learning rate: the program of tiny_trained.
+  config = tiny_config(synthcaps_tiny, init_from=str(source), init_optimizer=False)
   run = train.Experiment(config, tmp_path / 'direct')
   state, _ = train._initialise_from(run)
   src = checkpointing.manager(source)
@@ -293,10 +293,9 @@ def test_fine_tuning_with_a_new_optimizer_equals_training_from_those_weights(
 
   tuned = train.train_and_evaluate(config, str(tmp_path / 'tuned'))
   monkeypatch.setattr(train.Experiment, 'init_variables', lambda self: restored)
-  plain = train.train_and_evaluate(tiny_config(synthcaps_tiny, num_epochs=1, batch_size=8,
-                                               seed=3), str(tmp_path / 'plain'))
-  a = checkpointing.restore(checkpointing.manager(tmp_path / 'tuned'), 1)['model']
-  b = checkpointing.restore(checkpointing.manager(tmp_path / 'plain'), 1)['model']
+  plain = train.train_and_evaluate(tiny_config(synthcaps_tiny), str(tmp_path / 'plain'))
+  a = checkpointing.restore(checkpointing.manager(tmp_path / 'tuned'), 2)['model']
+  b = checkpointing.restore(checkpointing.manager(tmp_path / 'plain'), 2)['model']
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, atol=1e-6)
   assert tuned['test']['t2a']['R10'] == plain['test']['t2a']['R10']
