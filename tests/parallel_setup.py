@@ -14,6 +14,18 @@ from jaxretrieval.step import AXIS, loss_and_grads
 GLOBAL_BATCH = 8
 
 
+def _initial_value(rng: np.random.Generator, path, shape: jax.ShapeDtypeStruct) -> np.ndarray:
+  """An init-like value drawn in NumPy (no init program to compile in every process): norm
+  scales and variances 1, biases and means 0, weights N(0, 1 / fan_in)."""
+  name = jax.tree_util.keystr(path)
+  if name.endswith(("['scale']", "['var']")):
+    return np.ones(shape.shape, shape.dtype)
+  if name.endswith(("['bias']", "['mean']")):
+    return np.zeros(shape.shape, shape.dtype)
+  fan_in = int(np.prod(shape.shape[:-1])) or 1
+  return rng.normal(0, fan_in ** -0.5, shape.shape).astype(shape.dtype)
+
+
 def setup(axis_name=None, seed=0):
   """CE with two experts, one flaky item, a partial (masked) batch and a small vocabulary."""
   spec = ModelSpec('ce', model_experts(['vggish', 'vggsound'], clusters=4), text_clusters=5,
@@ -32,9 +44,9 @@ def setup(axis_name=None, seed=0):
       'row_mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32),  # a partial last batch
   }
   table = np.concatenate([np.zeros((1, 300)), rng.normal(size=(19, 300))]).astype(np.float32)
-  # One init program (op-by-op initialisation compiles ~100 small ones in every process).
-  variables = jax.jit(functools.partial(RetrievalModel(spec).init, train=False))(
-      jax.random.key(seed), dummy_inputs(spec))
+  variables = jax.tree_util.tree_map_with_path(
+      functools.partial(_initial_value, rng), jax.eval_shape(functools.partial(
+          RetrievalModel(spec).init, train=False), jax.random.key(seed), dummy_inputs(spec)))
   loss = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2, 'fix_norm': True})
   return RetrievalModel(spec, axis_name=axis_name), variables, batch, table, loss
 
