@@ -228,8 +228,9 @@ def main(argv):
       weights = {'vggish_checkpoint': _VGGISH.value, 'vggish_pca': _VGGISH_PCA.value,
                  'vggsound_checkpoint': _VGGSOUND.value}
       records, failed = pipeline.extract(
-          ids, audio_dir, built, experts, options, weights, captions, _WORD_VECTORS.value,
-          _SHARDS.value, _RUNNER.value, _BEAM_OPTIONS.value, _WORKERS.value, max(1, _CHUNK.value))
+          ids, audio_dir, built, experts, options, weights, runners, captions,
+          _WORD_VECTORS.value, _SHARDS.value, _RUNNER.value, _BEAM_OPTIONS.value, _WORKERS.value,
+          max(1, _CHUNK.value))
       for item, reason in failed:
         print(f'cannot read {one_line(reason)}', file=sys.stderr)
     else:

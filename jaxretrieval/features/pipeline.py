@@ -70,15 +70,16 @@ class _Runners(dict):
 
 class _Embed(beam.DoFn):
   """A batch of prepared clips -> (shard, (k, id, features)) per clip, with progress. The
-  networks are loaded once per worker process and shared by its threads (Beam's `Shared`):
-  the DirectRunner's multi_threading mode and runners that run several threads per process
-  hold one copy of the weights (VGGish alone is 290 MB) instead of one per thread."""
+  networks are loaded once per worker process and shared by its threads (`networks`, Beam's
+  `Shared`): the DirectRunner's multi_threading mode and runners that run several threads per
+  process hold one copy of the weights (VGGish alone is 290 MB) instead of one per thread;
+  workers in the driver's own process use the driver's."""
 
   def __init__(self, experts, options: prepare.Options, weights: dict, shards: int,
-               total: int, workers: int | None):
+               total: int, workers: int | None, networks: shared.Shared):
     self.experts, self.options, self.weights = tuple(experts), options, weights
     self.shards, self.total, self.workers = shards, total, workers
-    self._networks = shared.Shared()
+    self._networks = networks
 
   def setup(self):
     self.runners = self._networks.acquire(lambda: _Runners(pretrained.load_runners(
@@ -147,10 +148,12 @@ def _realise_lazy_modules() -> None:
 
 
 def extract(ids: list[str], audio_dir: pathlib.Path, root: pathlib.Path, experts, options,
-            weights: dict, captions: dict, word_vectors: str | None, shards: int, runner: str,
-            extra_options: str, workers: int, chunk: int):
+            weights: dict, runners: dict, captions: dict, word_vectors: str | None, shards: int,
+            runner: str, extra_options: str, workers: int, chunk: int):
   """Runs the pipeline, writing every per-item table under `root` in `shards` shards (0:
-  one per FILES_PER_SHARD files).
+  one per FILES_PER_SHARD files). `runners` are the networks the driver loaded from
+  `weights` (`pretrained.load_runners`); workers in this process use them, others load
+  their own from `weights`.
 
   Returns (records, failed): for each written item in the order of `ids`, (id, audio file,
   experts it has); and (id, reason) for each file that could not be read.
@@ -167,6 +170,9 @@ def extract(ids: list[str], audio_dir: pathlib.Path, root: pathlib.Path, experts
   # (and its start-up chatter) are left out.
   logging.getLogger('apache_beam').setLevel(logging.ERROR)
   _realise_lazy_modules()
+  networks = shared.Shared()
+  # Shared holds weak references: `held` keeps the driver's networks for the whole run.
+  held = networks.acquire(lambda: _Runners(runners))  # noqa: F841
   start = time.time()
   with beam.Pipeline(options=beam_options) as p:
     prepared = (p | 'ids' >> beam.io.ReadFromText(str(ids_file))
@@ -176,7 +182,8 @@ def extract(ids: list[str], audio_dir: pathlib.Path, root: pathlib.Path, experts
     _ = prepared.failed | 'failures' >> beam.io.WriteToText(str(root / FAILED))
     _ = (prepared.clips
          | 'batch' >> beam.BatchElements(min_batch_size=1, max_batch_size=chunk)
-         | 'embed' >> beam.ParDo(_Embed(experts, options, weights, shards, len(ids), direct))
+         | 'embed' >> beam.ParDo(_Embed(experts, options, weights, shards, len(ids), direct,
+                                             networks))
          | 'by shard' >> beam.GroupByKey()
          | 'write' >> beam.ParDo(_WriteShard(str(root), str(audio_dir), experts, shards, captions,
                                              word_vectors))
