@@ -178,3 +178,20 @@ def test_beam_pipeline_with_two_workers_equals_the_single_process_path(recipe, t
     for expert, value in example['experts'].items():
       np.testing.assert_allclose(beam[item]['experts'][expert], value, rtol=1e-6, atol=1e-6,
                                  err_msg=f'{item} {expert}')
+
+
+def test_beam_workers_in_other_processes_load_the_networks_once_each(published):
+  """A worker process other than the driver's (Shared handle not seeded) loads the networks
+  from the weight files in its first DoFn's setup; its other DoFns (threads) share them."""
+  from apache_beam.utils import shared
+
+  from jaxretrieval.features import pipeline, prepare
+  weights = {'vggish_checkpoint': str(published.vggish_checkpoint),
+             'vggish_pca': str(published.vggish_pca),
+             'vggsound_checkpoint': str(published.vggsound_checkpoint)}
+  networks = shared.Shared()
+  first, second = (pipeline._Embed(('vggish', 'vggsound'), prepare.Options(), weights, 1, 1,
+                                   None, networks) for _ in range(2))
+  first.setup()
+  second.setup()
+  assert sorted(first.runners) == ['vggish', 'vggsound'] and second.runners is first.runners
