@@ -16,6 +16,9 @@ from jaxretrieval.text import WordVectors, tokenize
 
 SPLITS = ('train', 'val', 'test')
 COMPLETE = '.complete'
+# A spawned worker's start-up (its imports, ~1.5 s) costs as much as ~80 clips: smaller jobs
+# run in this process (synthcaps/tiny, 80 clips: 2.1 s instead of 3.8 s with two workers).
+CLIPS_PER_WORKER = 100
 
 
 def _clip(args) -> Item:
@@ -42,14 +45,16 @@ def vocabulary(items: list[Item]) -> set[str]:
 
 
 def generate(root: pathlib.Path, sizes: dict[str, int], seed: int, workers: int | None = None):
-  """Writes the whole release under `root` (skipped when a complete one is there)."""
+  """Writes the whole release under `root` (skipped when a complete one is there), with
+  `workers` processes (default: one per CLIPS_PER_WORKER clips, at most one per core)."""
   marker = root / COMPLETE
   signature = f'sizes={sorted(sizes.items())} seed={seed}\n'
   if marker.is_file() and marker.read_text() == signature:
     return
   (root / 'audio').mkdir(parents=True, exist_ok=True)
   jobs = [(root, seed, s, i) for s in SPLITS for i in range(sizes[s])]
-  workers = workers or os.cpu_count() or 1
+  if workers is None:
+    workers = max(1, min(os.cpu_count() or 1, len(jobs) // CLIPS_PER_WORKER))
   if workers == 1:  # in this process: no worker to start
     items = list(map(_clip, jobs))
   else:
