@@ -227,15 +227,20 @@ class Experiment:
     return optimisation(ml_collections.FrozenConfigDict(self.config.optimizer),
                         self.steps_per_epoch, base_lr)
 
-  def init_variables(self) -> dict:
-    """The model's {'params', 'batch_stats'} initialised from config.seed."""
-    c = self.config
-    init = _init_program(self.eval_model)
-    if self.mmt:
-      return dict(init(jax.random.key(c.seed), mmt.dummy_batch(self.spec)))
+  def _init_inputs(self) -> tuple:
     # Shapes of the batch do not change the variables: one small batch, so that every run of
     # a model compiles the same init program.
-    return dict(init(jax.random.key(c.seed), dummy_inputs(self.spec)))
+    batch = mmt.dummy_batch(self.spec) if self.mmt else dummy_inputs(self.spec)
+    return jax.random.key(self.config.seed), batch
+
+  def init_variables(self) -> dict:
+    """The model's {'params', 'batch_stats'} initialised from config.seed."""
+    return dict(_init_program(self.eval_model)(*self._init_inputs()))
+
+  def variable_shapes(self) -> dict:
+    """Shapes and dtypes of `init_variables`, to restore a checkpoint into: traced, not
+    compiled or run (evaluating or fine-tuning a saved model needs no init program)."""
+    return dict(jax.eval_shape(_init_program(self.eval_model), *self._init_inputs()))
 
   def initial_variables(self) -> dict:
     """The variables a new run starts from: `init_variables`, and for MMT the pre-trained
@@ -397,7 +402,7 @@ def _initialise_from(run: Experiment) -> tuple[TrainState, TrainMeta]:
   if checkpointing.best_step(src) is None:
     raise FileNotFoundError(f'config.init_from={source} holds no checkpoint '
                             f'({checkpointing.checkpoint_dir(source)} is empty)')
-  template = run.init_variables()
+  template = run.variable_shapes()
   best, variables = checkpointing.restore_best_model(
       src, template, f'fine-tuning from {source}',
       check=lambda s: _check_fits(src, s, template, config))
@@ -526,7 +531,7 @@ def test_checkpoint(run: Experiment, mngr, writer) -> dict:
   """Test metrics of the workdir's best checkpoint (falling back, with a warning, to the
   next best readable one), also written to TensorBoard as `test/...` at its step."""
   config = run.config
-  template = run.init_variables()
+  template = run.variable_shapes()
   step, variables = checkpointing.restore_best_model(
       mngr, template, f'testing {run.workdir}',
       check=lambda s: _check_fits(mngr, s, template, config))
