@@ -374,13 +374,13 @@ def _resume(run: Experiment, mngr) -> tuple[TrainState, TrainMeta] | None:
     if meta.get('source'):
       raise _imported_error(run.workdir)
     meta = TrainMeta.from_json(meta)
-    state = run.new_state(meta.base_lr)
-    _check_fits(mngr, step, _variables(state), run.config)
+    shapes = run.variable_shapes()  # restore targets: nothing initialised to be overwritten
+    _check_fits(mngr, step, shapes, run.config)
     restored = checkpointing.restore(mngr, step, ('model', 'optimizer'), {
-        'model': _variables(state), 'optimizer': state.opt_state})
-    return meta, state.replace(params=restored['model']['params'],
-                               batch_stats=restored['model']['batch_stats'],
-                               opt_state=restored['optimizer'], step=meta.step)
+        'model': shapes,
+        'optimizer': jax.eval_shape(lambda v: run.new_state(meta.base_lr, v).opt_state, shapes)})
+    state = run.new_state(meta.base_lr, restored['model'])
+    return meta, state.replace(opt_state=restored['optimizer'], step=meta.step)
 
   step, (meta, state) = checkpointing.restore_first_readable(mngr, steps, read,
                                                              f'resuming {run.workdir}')
