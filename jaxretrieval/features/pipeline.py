@@ -6,11 +6,12 @@ r"""The feature extraction as an Apache Beam pipeline, for collections of millio
 Stages: the item ids (read from a text file the driver writes, so that the job graph stays
 small however many files there are) -> spread over the workers -> decoded, with the own
 experts and the networks' inputs computed (`prepare.prepare_file`) -> batched -> the
-networks (weights loaded once per worker, in `DoFn.setup`) -> keyed by shard (a hash of
-the id) -> each shard's tables written (`release_writer.write_items(shard=...)`). Each item
-leaves a one-line record (id, audio file, experts it has) or a failure line; the driver
-reads those and writes the collection-wide files, as the single-process path does, so the
-two outputs read the same (`ReleaseReader` joins the shards).
+networks (weights loaded once per worker process, in `DoFn.setup`; in the driver's process,
+the driver's) -> keyed by shard (a hash of the id) -> each shard's tables written
+(`release_writer.write_items(shard=...)`). Each item leaves a one-line record (id, audio
+file, experts it has) or a failure line; the driver reads those and writes the
+collection-wide files, as the single-process path does, so the two outputs read the same
+(`ReleaseReader` joins the shards).
 
 The DirectRunner runs on this machine with `--workers` processes. Other runners (Flink,
 Spark, Dataflow) take their options from `--beam_pipeline_options`; their workers must see
