@@ -7,23 +7,28 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs
+from jaxretrieval.models import ModelSpec, RetrievalModel, abstract_variables
 from jaxretrieval.models.spec import model_experts
 from jaxretrieval.step import AXIS, loss_and_grads
 
 GLOBAL_BATCH = 8
 
 
-def _initial_value(rng: np.random.Generator, path, shape: jax.ShapeDtypeStruct) -> np.ndarray:
-  """An init-like value drawn in NumPy (no init program to compile in every process): norm
-  scales and variances 1, biases and means 0, weights N(0, 1 / fan_in)."""
-  name = jax.tree_util.keystr(path)
-  if name.endswith(("['scale']", "['var']")):
-    return np.ones(shape.shape, shape.dtype)
-  if name.endswith(("['bias']", "['mean']")):
-    return np.zeros(shape.shape, shape.dtype)
-  fan_in = int(np.prod(shape.shape[:-1])) or 1
-  return rng.normal(0, fan_in ** -0.5, shape.shape).astype(shape.dtype)
+def init_like(shapes, rng: np.random.Generator) -> dict:
+  """Variables of `shapes` (a model's `eval_shape`d init) valued like an init's, drawn in
+  NumPy (no init program to compile in every process): norm scales and variances 1, biases
+  and means 0, weights N(0, 1 / fan_in)."""
+
+  def value(path, shape: jax.ShapeDtypeStruct) -> np.ndarray:
+    name = jax.tree_util.keystr(path)
+    if name.endswith(("['scale']", "['var']")):
+      return np.ones(shape.shape, shape.dtype)
+    if name.endswith(("['bias']", "['mean']")):
+      return np.zeros(shape.shape, shape.dtype)
+    fan_in = int(np.prod(shape.shape[:-1])) or 1
+    return rng.normal(0, fan_in ** -0.5, shape.shape).astype(shape.dtype)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
 
 
 def setup(axis_name=None, seed=0):
@@ -44,9 +49,7 @@ def setup(axis_name=None, seed=0):
       'row_mask': np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32),  # a partial last batch
   }
   table = np.concatenate([np.zeros((1, 300)), rng.normal(size=(19, 300))]).astype(np.float32)
-  variables = jax.tree_util.tree_map_with_path(
-      functools.partial(_initial_value, rng), jax.eval_shape(functools.partial(
-          RetrievalModel(spec).init, train=False), jax.random.key(seed), dummy_inputs(spec)))
+  variables = init_like(abstract_variables(spec), rng)
   loss = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2, 'fix_norm': True})
   return RetrievalModel(spec, axis_name=axis_name), variables, batch, table, loss
 

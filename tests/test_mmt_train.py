@@ -277,6 +277,7 @@ import jax, ml_collections, numpy as np
 from configs import mmt_synthcaps
 from jaxretrieval.models import mmt
 from jaxretrieval.step import AXIS, loss_and_grads
+from tests.parallel_setup import init_like
 c = mmt_synthcaps.get_config()
 c.model.text_bert.update(vocab_size=30, hidden_size=32, num_layers=1, num_heads=2,
                          intermediate_size=48, max_positions=16)
@@ -291,16 +292,8 @@ batch = mmt.audio_batch(items, spec, {'logmel': 4, 'spectral': 5}, None)
 batch['tokens'] = rng.randint(4, 30, (8, 7)).astype(np.int32)
 batch['token_mask'] = np.ones((8, 7), np.int32)
 batch['row_mask'] = batch['text_row_mask'] = np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)
-# Variables of the model's shapes, valued like an init's (norm scales and variances 1, biases
-# and means 0, weights N(0, 0.1)): no init program to compile (3.8 s CPU).
-shapes = jax.eval_shape(lambda: mmt.MMT(spec).init(jax.random.key(0), mmt.dummy_batch(spec),
-                                                   False))
-def value(path, x):
-  name = jax.tree_util.keystr(path)
-  if name.endswith(("['scale']", "['var']", "['bias']", "['mean']")):
-    return (np.ones if name.endswith(("['scale']", "['var']")) else np.zeros)(x.shape, x.dtype)
-  return (0.1 * rng.normal(size=x.shape)).astype(x.dtype)
-variables = jax.tree_util.tree_map_with_path(value, shapes)
+# Variables of the model's shapes valued like an init's: no init program to compile (3.8 s CPU).
+variables = init_like(mmt.abstract_variables(spec), np.random.default_rng(0))
 loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.05, 'fix_norm': True})
 step = functools.partial(loss_and_grads, model=mmt.MMT(spec, axis_name=AXIS),
                          loss_config=loss_config)
