@@ -10,16 +10,15 @@ alternating the chunk sizes round by round, and reports the medians of the audio
 """
 
 from absl import app, flags
-from flax import jax_utils
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import alternate, emit, machine, synthetic_split, table
 from configs import common
+from jaxretrieval import replicas
 from jaxretrieval.embedding import Embedder
-from jaxretrieval.input_pipeline import eval_queries
-from jaxretrieval.models import RetrievalModel
+from jaxretrieval.evaluation import eval_queries
+from jaxretrieval.models import RetrievalModel, dummy_inputs
 from jaxretrieval.models.spec import model_spec
 
 _CHUNKS = flags.DEFINE_list('chunks', ['256', '512', '1024', '2048', '4096', '8192'],
@@ -38,11 +37,9 @@ def main(argv):
   model = RetrievalModel(spec)
   rng = np.random.default_rng(0)
   data = synthetic_split(config, spec, _ITEMS.value, rng, captions=_CAPTIONS.value)
-  table_ = jax_utils.replicate(jnp.asarray(rng.standard_normal((1000, 300), np.float32)))
-  sample = {'experts': {e: x[:2] for e, x in data.experts.items()},
-            'availability': data.availability[:2],
-            'text': jnp.zeros((2, config.max_tokens['text'], spec.text_dim))}
-  variables = jax_utils.replicate(model.init(jax.random.key(0), sample, train=False))
+  table_ = replicas.replicate(rng.standard_normal((1000, 300), np.float32))
+  variables = replicas.replicate(jax.jit(lambda key: model.init(key, dummy_inputs(spec),
+                                                                train=False))(jax.random.key(0)))
   rows, _ = eval_queries(data, _CAPTIONS.value)
   contenders = {}
   for chunk in map(int, _CHUNKS.value):

@@ -25,15 +25,14 @@ import os
 import time
 
 from absl import app, flags
-from flax import jax_utils
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
 from benchmarks import torch_baseline
 from benchmarks.common import alternate, emit, machine, set_threads, synthetic_split, table
 from configs import common
+from jaxretrieval import replicas
 from jaxretrieval.data.registry import EXPERTS
 from jaxretrieval.embedding import Embedder
 from jaxretrieval.evaluation import eval_queries, split_metrics
@@ -64,12 +63,12 @@ def main(argv):
   model = RetrievalModel(spec)
   torch.manual_seed(0)
   original = torch_baseline.from_spec(spec)
-  variables = jax_utils.replicate(convert.convert_state_dict(
+  variables = replicas.replicate(convert.convert_state_dict(
       {k: v.numpy() for k, v in original.state_dict().items()}, spec))
   embedder = Embedder(model, max(1, config.eval_chunk // jax.local_device_count()))
   rng = np.random.default_rng(0)
   words = rng.standard_normal((1000, 300), np.float32)
-  table_ = jax_utils.replicate(jnp.asarray(words))
+  table_ = replicas.replicate(words)
   rows = []
   for n in map(int, _POOLS.value):
     data = synthetic_split(config, spec, n, rng, captions=_CAPTIONS.value)

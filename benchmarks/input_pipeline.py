@@ -22,7 +22,7 @@ import jax
 
 from benchmarks.common import emit, machine, synthetic_datasets, table
 from configs import ce_synthcaps, common
-from jaxretrieval import input_pipeline, train
+from jaxretrieval import input_pipeline, replicas, train
 from jaxretrieval.data import splits
 from jaxretrieval.models.spec import model_spec
 
@@ -60,7 +60,7 @@ def batches_and_step(dataset: str) -> list[dict]:
       data.train, 0, config.seed, config.batch_size)]
   host_s = time.perf_counter() - start
 
-  state = train.replicate(run.new_state(config.optimizer.learning_rate))
+  state = replicas.replicate(run.new_state(config.optimizer.learning_rate))
   step = run.compile_train_step(config.optimizer.learning_rate)
   on_device = list(run.batches(0))  # sharded over the devices, as the loop gets them
   for b in on_device[:2]:

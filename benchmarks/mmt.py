@@ -17,13 +17,12 @@ import itertools
 import time
 
 from absl import app, flags
-from flax import jax_utils
 import jax
 import numpy as np
 
 from benchmarks.common import alternate, emit, machine, peak_host_memory_gb, synthetic_datasets
 from configs import common, mmt_clotho
-from jaxretrieval import input_pipeline, train
+from jaxretrieval import input_pipeline, replicas, train
 from jaxretrieval.data import splits
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.evaluation import eval_queries, split_metrics
@@ -86,7 +85,7 @@ def ce_run(batch: int, test_items: int) -> train.Experiment:
 def stepper(run: train.Experiment):
   """A blocking `steps` -> None closure over the run's compiled step, compiled first."""
   lr = run.config.optimizer.learning_rate
-  box = {'state': train.replicate(run.new_state(lr, run.init_variables()))}
+  box = {'state': replicas.replicate(run.new_state(lr, run.init_variables()))}
   step = run.compile_train_step(lr)
   batches = list(itertools.islice(run.batches(0), 4))
   for b in batches[:2]:
@@ -148,7 +147,7 @@ def measure_eval(size: str) -> dict:
   n = _EVAL_ITEMS.value
   config = mmt_config(size, 32)
   run = train.Experiment(config, None, mmt_data(config, 64, n))
-  variables = jax_utils.replicate(run.init_variables())
+  variables = replicas.replicate(run.init_variables())
   timed_evaluation(run, variables)  # compiles
   ours = timed_evaluation(run, variables)
   record = {'benchmark': 'mmt_eval', 'size': size, 'items': n, 'captions_per_item': 5,
@@ -157,7 +156,7 @@ def measure_eval(size: str) -> dict:
             'peak_host_gb': peak_host_memory_gb(), **machine()}
   if _BASELINE.value:
     ce = ce_run(32, n)
-    ce_variables = jax_utils.replicate(ce.init_variables())
+    ce_variables = replicas.replicate(ce.init_variables())
     timed_evaluation(ce, ce_variables)
     record.update({f'ce_{k}': v for k, v in timed_evaluation(ce, ce_variables).items()})
   return record

@@ -29,8 +29,9 @@ import jax
 
 from benchmarks.common import alternate, emit, machine, synthetic_datasets, table
 from configs import common
-from jaxretrieval import train
-from jaxretrieval.step import AXIS, contrastive_loss, loss_and_grads, model_inputs, train_step
+from jaxretrieval import replicas, train
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import contrastive_loss, loss_and_grads, model_inputs, train_step
 
 _VARIANT = flags.DEFINE_enum('variant', 'ce', ['ce', 'moee'], 'model variant')
 _DATASET = flags.DEFINE_enum('dataset', 'clotho', ['clotho', 'audiocaps'], 'shapes')
@@ -67,7 +68,7 @@ def main(argv):
   for fused in (False, True):
     config.optimizer.fused = fused
     steps[fused] = run.compile_train_step(lr)
-  boxes = {fused: {'state': step(train.replicate(run.new_state(lr)), batches[0])[0]}
+  boxes = {fused: {'state': step(replicas.replicate(run.new_state(lr)), batches[0])[0]}
            for fused, step in steps.items()}
   box = boxes[False]
 

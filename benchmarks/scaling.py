@@ -54,11 +54,11 @@ def worker(out: pathlib.Path) -> None:
   import jax
 
   from benchmarks.common import machine
-  from jaxretrieval import train
+  from jaxretrieval import replicas, train
 
   config, data = _experiment()
   run = train.Experiment(config, None, data)
-  state = train.replicate(run.new_state(config.optimizer.learning_rate))
+  state = replicas.replicate(run.new_state(config.optimizer.learning_rate))
   step = run.compile_train_step(config.optimizer.learning_rate)
   batches = list(run.batches(0))
   start = time.perf_counter()

@@ -26,12 +26,12 @@ import tempfile
 import time
 
 from absl import app, flags
-from flax import jax_utils
 import jax
 import numpy as np
 
 from benchmarks.common import emit, machine, table, timed
 from configs import ce_synthcaps
+from jaxretrieval import replicas
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.embedding import Embedder
 from jaxretrieval.models import RetrievalModel, dummy_inputs
@@ -138,7 +138,7 @@ def main(argv):
               'dim': sum(widths), **machine()}
     start = time.perf_counter()
     if n <= _EMBED_MAX.value:
-      audio = embedder.items(jax_utils.replicate(variables), items(spec, config, n, rng))
+      audio = embedder.items(replicas.replicate(variables), items(spec, config, n, rng))
       embedded = np.concatenate([audio[e] for e in spec.expert_names], axis=1)
       embed = lambda a, b: embedded[a:b]
       record['embed_items_per_s'] = n / (time.perf_counter() - start)

@@ -35,8 +35,9 @@ from benchmarks.common import (
   table,
 )
 from configs import common
-from jaxretrieval import input_pipeline, train
-from jaxretrieval.step import AXIS, train_step
+from jaxretrieval import input_pipeline, replicas, train
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import train_step
 
 _VARIANTS = flags.DEFINE_list('variants', ['ce', 'moee'], 'model variants')
 _DATASETS = flags.DEFINE_list('datasets', ['audiocaps', 'clotho'], 'shapes of these datasets')
@@ -54,7 +55,7 @@ def measure(dataset: str, variant: str, dtype: str) -> dict:
   config.dtype, config.batch_size, config.data_on_device = dtype, _BATCH.value, _ON_DEVICE.value
   data = synthetic_datasets(config, train=4 * _BATCH.value, val=8, test=8)
   run = train.Experiment(config, None, data)
-  state = train.replicate(run.new_state(config.optimizer.learning_rate))
+  state = replicas.replicate(run.new_state(config.optimizer.learning_rate))
   step = run.compile_train_step(config.optimizer.learning_rate)
   batches = list(run.batches(0))
   for batch in batches[:2]:  # compile (and check that a second call does not recompile)

@@ -18,8 +18,9 @@ import numpy as np
 
 from benchmarks.common import alternate, emit, machine, synthetic_datasets, table
 from configs import common
-from jaxretrieval import train
-from jaxretrieval.step import AXIS, train_step
+from jaxretrieval import replicas, train
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import train_step
 
 # This jaxlib already hands dots (with the element-wise ops and reductions around them) to
 # YNNPACK by default (`ynn_fusion` in the compiled HLO); 'eigen_dot' switches that off.
@@ -55,7 +56,7 @@ def main(argv):
 
   initial = run.new_state(lr)  # one optimizer object: the compiled steps take its states
   lowered = jax.pmap(step, axis_name=AXIS, donate_argnums=(0,)).lower(
-      train.replicate(initial), batches[0], run.word_table)
+      replicas.replicate(initial), batches[0], run.word_table)
   compiled, first = {}, {}
   for name in _OPTIONS.value:
     try:
@@ -63,7 +64,7 @@ def main(argv):
     except Exception as e:  # pylint: disable=broad-except  (an option this build refuses)
       print(f'{name}: not compiled ({str(e).splitlines()[0][:200]})')
       continue
-    first[name] = compiled[name](train.replicate(initial), batches[0], run.word_table)
+    first[name] = compiled[name](replicas.replicate(initial), batches[0], run.word_table)
   ref_state, ref_metrics = first['default']
   exactness = {name: (abs(float(m.loss.compute()[0] - ref_metrics.loss.compute()[0])),
                       max(float(np.max(np.abs(a - b))) for a, b in

@@ -9,6 +9,7 @@ import numpy as np
 from jaxretrieval import input_pipeline
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.models import RetrievalModel, mmt
+from jaxretrieval.replicas import AXIS
 
 
 class Embedder:
@@ -97,7 +98,7 @@ def _towers(model: RetrievalModel):
                        lengths=batch['text_lengths'], method=RetrievalModel.encode_text)
 
   # The word table is replicated too.
-  return jax.pmap(audio, axis_name='batch'), jax.pmap(text, axis_name='batch')
+  return jax.pmap(audio, axis_name=AXIS), jax.pmap(text, axis_name=AXIS)
 
 
 @functools.lru_cache(maxsize=8)
@@ -109,4 +110,4 @@ def _mmt_towers(model: mmt.MMT):
     return model.apply(variables, batch['tokens'], batch['token_mask'], False,
                        method=mmt.MMT.encode_text)
 
-  return jax.pmap(audio, axis_name='batch'), jax.pmap(text, axis_name='batch')
+  return jax.pmap(audio, axis_name=AXIS), jax.pmap(text, axis_name=AXIS)

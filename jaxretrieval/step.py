@@ -22,12 +22,19 @@ import optax
 from jaxretrieval import losses
 from jaxretrieval.models import Batch, RetrievalModel, mixture_similarity, mmt
 from jaxretrieval.optim import Update, ranger, ranger_apply
-
-AXIS = 'batch'
+from jaxretrieval.replicas import AXIS
 
 
 class TrainState(train_state.TrainState):
   batch_stats: Any
+
+
+def new_train_state(apply_fn, variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  """A TrainState at step 0 on `variables` ({'params', 'batch_stats'}). The optimizer's init
+  runs as one program: eagerly, each leaf shape would compile a program of its own."""
+  return TrainState(step=0, apply_fn=apply_fn, params=variables['params'], tx=tx,
+                    opt_state=jax.jit(tx.init)(variables['params']),
+                    batch_stats=variables['batch_stats'])
 
 
 @struct.dataclass

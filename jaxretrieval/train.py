@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxretrieval import checkpointing, input_pipeline
+from jaxretrieval import checkpointing, input_pipeline, replicas
 from jaxretrieval.bert_tokens import BertTokens
 from jaxretrieval.data import splits
 from jaxretrieval.embedding import Embedder, MMTEmbedder
@@ -41,13 +41,14 @@ from jaxretrieval.models import (
 )
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.optim import restart_schedule, with_reference_state
+from jaxretrieval.replicas import AXIS
 from jaxretrieval.results import results_record, write_results
 from jaxretrieval.step import (
-  AXIS,
   FirstNonFiniteStep,
   Optimisation,
   TrainMetrics,
   TrainState,
+  new_train_state,
   optimisation,
   train_step,
 )
@@ -124,11 +125,6 @@ def _step_program(model: RetrievalModel | mmt.MMT, loss_config: ml_collections.F
     return step(state, input_pipeline.gather(source, index, jnp), table)
 
   return jax.pmap(indexed, axis_name=AXIS, donate_argnums=(0,))
-
-
-@functools.partial(jax.pmap, axis_name=AXIS)
-def _on_devices(tree):
-  return tree
 
 
 def _check_config(config) -> None:
@@ -211,7 +207,7 @@ class Experiment:
     self.model = _one_instance(model_class(self.spec, axis_name=AXIS, dtype=dtype))
     self.eval_model = _one_instance(model_class(self.spec, dtype=dtype))
     self.train, self.val, self.test = data.train, data.val, data.test
-    self.word_table = None if self.mmt else jax_utils.replicate(jnp.asarray(data.words))
+    self.word_table = None if self.mmt else replicas.replicate(data.words)
     self.devices = jax.local_device_count()
     self.steps_per_epoch = input_pipeline.steps_per_epoch(
         self.train, config.batch_size, config.get('max_samples_per_epoch', 0))
@@ -220,7 +216,7 @@ class Experiment:
                      else Embedder(self.eval_model, chunk))
     # With data_on_device the training arrays are copied to every device once and each
     # step receives only row indices; otherwise batches are gathered on the host.
-    self.device_data = (jax_utils.replicate(input_pipeline.arrays(self.train))
+    self.device_data = (replicas.replicate(input_pipeline.arrays(self.train))
                         if config.data_on_device else None)
 
   def optimisation(self, base_lr: float) -> Optimisation:
@@ -256,10 +252,8 @@ class Experiment:
   def new_state(self, base_lr: float, variables: dict | None = None) -> TrainState:
     """A state at step 0 whose optimizer is initialised on `variables` (default: a fresh
     initialisation), as a new reference Ranger copies the weights it first steps from."""
-    variables = variables or self.init_variables()
-    return TrainState.create(apply_fn=self.eval_model.apply, params=variables['params'],
-                             batch_stats=variables['batch_stats'],
-                             tx=self.optimisation(base_lr).tx)
+    return new_train_state(self.eval_model.apply, variables or self.init_variables(),
+                           self.optimisation(base_lr).tx)
 
   def step_program(self, base_lr: float):
     """The pmapped `train_step` of this experiment (shared with equal experiments)."""
@@ -297,19 +291,13 @@ class Experiment:
         (input_pipeline.shard(b, self.devices) for b in it), size=2)
 
 
-def replicate(tree):
-  """`tree` on every local device, laid out as the pmapped step returns its outputs, so
-  the step's second call does not recompile for a different input sharding."""
-  return _on_devices(jax_utils.replicate(tree))
-
-
 def _variables(state: TrainState) -> dict:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
 def _host(state: TrainState) -> dict:
   """Model variables and optimizer state of a replicated state, as host arrays."""
-  s = jax.device_get(jax_utils.unreplicate(state))
+  s = replicas.first_replica(state)
   return {'model': {'params': s.params, 'batch_stats': s.batch_stats}, 'optimizer': s.opt_state}
 
 
@@ -477,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   schedule = run.optimisation(meta.base_lr).schedule
   p_train_step = run.compile_train_step(meta.base_lr)
-  state = replicate(state)
+  state = replicas.replicate(state)
   total_steps = run.steps_per_epoch * config.num_epochs
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
@@ -536,7 +524,7 @@ def test_checkpoint(run: Experiment, mngr, writer) -> dict:
       mngr, template, f'testing {run.workdir}',
       check=lambda s: _check_fits(mngr, s, template, config))
   meta = checkpointing.restore(mngr, step, ('meta',))['meta']
-  test = run.validate(jax_utils.replicate(variables), run.test, config.num_test_captions)
+  test = run.validate(replicas.replicate(variables), run.test, config.num_test_captions)
   writer.write_scalars(meta.get('step') or step, {
       f'test/{d}_{k}': v for d in ('t2a', 'a2t') for k, v in test[d].items()
       if k in ('R1', 'R5', 'R10', 'MedR', 'MeanR', SELECTION_METRIC)})
@@ -552,7 +540,7 @@ def _logged(train_metrics: TrainMetrics, epoch: int, step: int, total: int) -> d
   """The means since the last log (fetched now: the training loop's only host sync), as
   TensorBoard scalars; stops at a NaN/Inf loss. `epoch` (0-based) is the epoch being
   trained: the checkpoints hold the epochs before it."""
-  means = {k: float(v) for k, v in jax_utils.unreplicate(train_metrics).compute().items()}
+  means = {k: float(v) for k, v in replicas.first_replica(train_metrics).compute().items()}
   bad_step = int(means.pop('first_nonfinite_step'))
   if bad_step != FirstNonFiniteStep.NEVER:
     kept = (f'the checkpoint of epoch {epoch} is kept and a rerun resumes from it' if epoch

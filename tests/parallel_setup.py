@@ -9,7 +9,8 @@ import numpy as np
 
 from jaxretrieval.models import ModelSpec, RetrievalModel, abstract_variables
 from jaxretrieval.models.spec import model_experts
-from jaxretrieval.step import AXIS, loss_and_grads
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import loss_and_grads
 
 GLOBAL_BATCH = 8
 

@@ -10,16 +10,17 @@ import functools
 import importlib
 import pathlib
 
-from flax import jax_utils
 import jax
 import numpy as np
 import pytest
 
 from configs import common
+from jaxretrieval import replicas
 from jaxretrieval.data import registry
 from jaxretrieval.models import RetrievalModel, dummy_inputs
 from jaxretrieval.models.spec import model_spec
-from jaxretrieval.step import TrainState, lr_schedule, make_optimizer, train_step
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import lr_schedule, make_optimizer, new_train_state, train_step
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -56,15 +57,13 @@ def one_step(config, dims=None, batch_size=4, jit_init=False):
   init = functools.partial(model.init, train=False)
   variables = (jax.jit(init) if jit_init else init)(jax.random.key(0),
                                                   dummy_inputs(spec, 2, config.max_tokens))
-  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
-                            batch_stats=variables['batch_stats'],
-                            tx=make_optimizer(config.optimizer, schedule))
-  step = jax.pmap(functools.partial(train_step, model=RetrievalModel(spec, axis_name='batch'),
-                                    loss_config=config.loss, schedule=schedule), axis_name='batch')
+  state = new_train_state(model.apply, variables, make_optimizer(config.optimizer, schedule))
+  step = jax.pmap(functools.partial(train_step, model=RetrievalModel(spec, axis_name=AXIS),
+                                    loss_config=config.loss, schedule=schedule), axis_name=AXIS)
   before = jax.tree.leaves(state.params)[0].copy()
-  new_state, metrics = step(jax_utils.replicate(state), jax.tree.map(lambda x: x[None], batch),
-                            jax_utils.replicate(table))
-  after = jax.tree.leaves(jax_utils.unreplicate(new_state).params)[0]
+  new_state, metrics = step(replicas.replicate(state), jax.tree.map(lambda x: x[None], batch),
+                            replicas.replicate(table))
+  after = jax.tree.leaves(replicas.first_replica(new_state).params)[0]
   return spec, float(metrics.loss.compute()[0]), not np.array_equal(before, after)
 
 

@@ -2,10 +2,10 @@
 equal those of the whole similarity matrix."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxretrieval import replicas
 from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.embedding import Embedder
 from jaxretrieval.evaluation import eval_queries, split_metrics
@@ -32,22 +32,25 @@ def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   spec = ModelSpec('mimic', model_experts(['vggish'], 4), text_clusters=3, shared_dim=16)
   model = RetrievalModel(spec)
   data = _split()
-  table = jnp.asarray(np.random.default_rng(1).normal(size=(50, 300)), jnp.float32)
-  variables = model.init(jax.random.key(0), dummy_inputs(spec), train=False)
+  table = np.random.default_rng(1).normal(size=(50, 300)).astype(np.float32)
+  # Compiled programs (eagerly, every op of the model would compile on its own).
+  variables = jax.jit(lambda key: model.init(key, dummy_inputs(spec), train=False))(
+      jax.random.key(0))
   embedder = Embedder(model, chunk=8)
   seen = []
   text_fn = embedder._text
   embedder._text = lambda v, b, t: (seen.append(b['text_ids'].shape), text_fn(v, b, t))[1]
   rows, masks = eval_queries(data, 3)
-  replicated = jax.tree.map(lambda x: x[None], (variables, table))
+  replicated = replicas.replicate((variables, table))
   text, weights = embedder.captions(replicated[0], data, rows, replicated[1])
   # 18 caption slots: 16 distinct sentences (two absent slots, one shared sentence).
   assert sum(s[0] * s[1] for s in seen) == 16
-  direct, direct_weights = model.apply(variables, table[data.caption_ids[rows]], False,
-                                       method=RetrievalModel.encode_text)
+  direct, direct_weights = jax.jit(lambda v, x: model.apply(
+      v, x, False, method=RetrievalModel.encode_text))(variables, table[data.caption_ids[rows]])
   np.testing.assert_allclose(text['vggish'], direct['vggish'], atol=1e-6)
   np.testing.assert_allclose(weights, direct_weights, atol=1e-6)
   audio = embedder.items(replicated[0], data)
   got = split_metrics(text, weights, audio, data.availability, masks, spec.expert_names)
-  sims = mixture_similarity(text, weights, audio, data.availability, spec.expert_names)
+  sims = jax.jit(mixture_similarity, static_argnums=4)(text, weights, audio, data.availability,
+                                                       spec.expert_names)
   assert got == retrieval_metrics(np.asarray(sims), masks)

@@ -6,7 +6,6 @@ import pathlib
 import subprocess
 import sys
 
-from flax import jax_utils
 import jax
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ import tensorflow_datasets as tfds
 from tokenizers import pre_tokenizers
 
 from configs import mmt_synthcaps
-from jaxretrieval import checkpointing, input_pipeline, train
+from jaxretrieval import checkpointing, input_pipeline, replicas, train
 from jaxretrieval.bert_tokens import BertTokens
 from jaxretrieval.models import mmt
 from tests import in_process
@@ -145,7 +144,7 @@ def test_original_protocol_evaluates_one_fused_query_per_item(synthcaps_tiny, vo
   tokens = BertTokens(vocab_dir / 'vocab.txt', config.max_tokens.text)
   ids, _ = tokens.encode_captions([data.captions[3]], fuse=True)
   np.testing.assert_array_equal(data.caption_ids[3:4], ids)
-  metrics = run.validate(jax_utils.replicate(run.init_variables()), data,
+  metrics = run.validate(replicas.replicate(run.init_variables()), data,
                          config.num_test_captions)
   assert metrics['t2a']['num_queries'] == 16 and metrics['distinct_queries'] == 16
 
@@ -158,7 +157,7 @@ def test_each_item_and_distinct_query_is_embedded_once(tiny_run, monkeypatch):
   monkeypatch.setattr(run.embedder, '_chunks',
                       lambda fn, arrays, n: embedded.append(n) or chunks(fn, arrays, n))
   rows = np.array([4, 0, 4, 9, 0, 4])
-  text, weights = run.embedder.captions(jax_utils.replicate(variables), data, rows)
+  text, weights = run.embedder.captions(replicas.replicate(variables), data, rows)
   assert embedded == [3]
   tokens = data.caption_ids[rows]
   mask = input_pipeline.token_mask(data.caption_lengths[rows], tokens.shape[1])
@@ -168,7 +167,7 @@ def test_each_item_and_distinct_query_is_embedded_once(tiny_run, monkeypatch):
   for e in run.spec.expert_names:
     np.testing.assert_allclose(text[e], want[e], atol=1e-5)
   # Items: the audio inputs of a split are built once (the original's fixed frame subset).
-  run.embedder.items(jax_utils.replicate(variables), data)
+  run.embedder.items(replicas.replicate(variables), data)
   assert run.embedder.audio_inputs(data) is run.embedder.audio_inputs(data)
 
 
@@ -276,7 +275,8 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 import jax, ml_collections, numpy as np
 from configs import mmt_synthcaps
 from jaxretrieval.models import mmt
-from jaxretrieval.step import AXIS, loss_and_grads
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import loss_and_grads
 from tests.parallel_setup import init_like
 c = mmt_synthcaps.get_config()
 c.model.text_bert.update(vocab_size=30, hidden_size=32, num_layers=1, num_heads=2,

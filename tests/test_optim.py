@@ -26,17 +26,23 @@ def _exact_ranger(p, steps):
 
 
 def _run(dtype, steps=13, fused=False):
-  p = jnp.asarray([1.0, -2.0, 0.5], dtype)
+  """Parameters after each step on sum(p^2), each step one compiled program as in training
+  (eagerly, LookAhead's lax.cond compiles again at every step)."""
   opt = ranger(0.01, 1e-3)
   apply = ranger_apply(0.01, 1e-3)
-  state = opt.init(p)
+
+  @jax.jit
+  def step(p, state):
+    if fused:
+      return apply(p, 2 * p, state)
+    updates, state = opt.update(2 * p, state, p)
+    return optax.apply_updates(p, updates), state
+
+  p = jnp.asarray(np.array([1.0, -2.0, 0.5], dtype))
+  state = jax.jit(opt.init)(p)
   trace = {}
   for t in range(1, steps + 1):
-    if fused:
-      p, state = apply(p, 2 * p, state)
-    else:
-      updates, state = opt.update(2 * p, state, p)
-      p = optax.apply_updates(p, updates)
+    p, state = step(p, state)
     trace[t] = np.asarray(p, np.float64)
   return trace
 
@@ -78,17 +84,23 @@ def test_fused_apply_equals_the_optax_chain_on_a_tree_with_a_schedule():
   """Same parameters and the same state (moments, slow weights, counts) after 13 steps."""
   schedule = lambda count: 0.01 * 0.5 ** (count // 4)
   rng = np.random.default_rng(0)
-  params = {'a': jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-            'b': {'c': jnp.asarray(rng.normal(size=5), jnp.float32)}}
+  params = {'a': rng.normal(size=(3, 4)).astype(np.float32),
+            'b': {'c': rng.normal(size=5).astype(np.float32)}}
   opt, apply = ranger(schedule, 1e-3), ranger_apply(schedule, 1e-3)
-  p1, s1 = params, opt.init(params)
-  p2, s2 = params, opt.init(params)
-  for t in range(13):
-    grads = jax.tree.map(lambda x: jnp.sin(x * (t + 1)), p1)
-    updates, s1 = opt.update(grads, s1, p1)
-    p1 = optax.apply_updates(p1, updates)
-    p2, s2 = apply(p2, jax.tree.map(lambda x: jnp.sin(x * (t + 1)), p2), s2)
+  grads = lambda p, t: jax.tree.map(lambda x: jnp.sin(x * (t + 1)), p)
+
+  @jax.jit
+  def steps(params):  # 13 steps of each, compiled as one program (as in training)
+    p1, s1 = params, opt.init(params)
+    p2, s2 = params, opt.init(params)
+    for t in range(13):
+      updates, s1 = opt.update(grads(p1, t), s1, p1)
+      p1 = optax.apply_updates(p1, updates)
+      p2, s2 = apply(p2, grads(p2, t), s2)
+    return (p1, s1), (p2, s2), restart_schedule(s2, opt.init(params))
+
+  (p1, s1), (p2, s2), restarted = steps(params)
   assert jax.tree.structure(s1) == jax.tree.structure(s2)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=2e-7), (p1, s1),
                (p2, s2))
-  assert int(restart_schedule(s2, opt.init(params)).inner[-1].count) == 0
+  assert int(restarted.inner[-1].count) == 0

@@ -239,17 +239,18 @@ class MMT(nn.Module):
 
 
 def dummy_batch(spec: MMTSpec, items: int = 2, frames: int = 3, tokens: int = 4) -> dict:
-  """A batch of zeros of the right structure (for initialisation and shape inference)."""
+  """A batch of zeros of the right structure (for initialisation and shape inference), in
+  NumPy: outside a trace, each jnp array of a new shape would compile a program."""
   names = spec.expert_names
   return {
-      'tokens': jnp.zeros((items, tokens), jnp.int32),
-      'token_mask': jnp.ones((items, tokens), jnp.int32),
-      'experts': {e.name: jnp.zeros((items, frames, e.dim)) for e in spec.experts},
-      'expert_masks': {n: jnp.ones((items, frames), jnp.int32) for n in names},
-      'expert_positions': {n: jnp.full((items, frames), FIRST_FRAME_POSITION, jnp.int32)
+      'tokens': np.zeros((items, tokens), np.int32),
+      'token_mask': np.ones((items, tokens), np.int32),
+      'experts': {e.name: np.zeros((items, frames, e.dim), np.float32) for e in spec.experts},
+      'expert_masks': {n: np.ones((items, frames), np.int32) for n in names},
+      'expert_positions': {n: np.full((items, frames), FIRST_FRAME_POSITION, np.int32)
                            for n in names},
-      'pooled': {e.name: jnp.zeros((items, e.dim)) for e in spec.experts},
-      'availability': jnp.ones((items, len(names))),
+      'pooled': {e.name: np.zeros((items, e.dim), np.float32) for e in spec.experts},
+      'availability': np.ones((items, len(names)), np.float32),
   }
 
 

@@ -98,15 +98,16 @@ class Batch:
 
 def dummy_inputs(spec: ModelSpec, batch_size: int = 2,
                  tokens: Mapping[str, int] | None = None) -> Batch:
-  """A Batch of zeros for a model of `spec` (what `init` needs: only shapes matter).
+  """A Batch of zeros for a model of `spec` (what `init` needs: only shapes matter), in
+  NumPy: outside a trace, each jnp array of a new shape would compile a program.
   `tokens` gives the frames of each temporal expert and the text's tokens (default 2)."""
   tokens = tokens or {}
   frames = lambda name: tokens.get(name, 2)
   return Batch(
-      experts={e.name: jnp.zeros((batch_size, frames(e.name), e.dim) if e.temporal == 'vlad'
-                                 else (batch_size, e.dim)) for e in spec.experts},
-      availability=jnp.ones((batch_size, len(spec.experts))),
-      text=jnp.zeros((batch_size, frames('text'), spec.text_dim)))
+      experts={e.name: np.zeros((batch_size, frames(e.name), e.dim) if e.temporal == 'vlad'
+                                else (batch_size, e.dim), np.float32) for e in spec.experts},
+      availability=np.ones((batch_size, len(spec.experts)), np.float32),
+      text=np.zeros((batch_size, frames('text'), spec.text_dim), np.float32))
 
 
 def abstract_variables(spec: ModelSpec) -> dict:

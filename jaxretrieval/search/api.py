@@ -14,7 +14,6 @@ import dataclasses
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxretrieval.models import RetrievalModel
@@ -94,11 +93,11 @@ class Searcher:
       if x.ndim == 3:  # truncated and zero-padded to the training length, as the index was
         limit = (self.store.max_tokens or {}).get(e, x.shape[1])
         x = np.pad(x[:, :limit], ((0, 0), (0, max(0, limit - x.shape[1])), (0, 0)))
-        lengths[e] = jnp.full((n,), min(limit, np.shape(features[e])[1]), jnp.int32)
+        lengths[e] = np.full((n,), min(limit, np.shape(features[e])[1]), np.int32)
       else:
-        lengths[e] = jnp.ones((n,), jnp.int32)
-      inputs[e] = jnp.asarray(x)
-    audio = self._audio(self.engine.variables, inputs, jnp.asarray(availability), lengths)
+        lengths[e] = np.ones((n,), np.int32)
+      inputs[e] = x
+    audio = self._audio(self.engine.variables, inputs, availability, lengths)
     vectors = np.concatenate([np.where(availability[:, i:i + 1] > 0, np.asarray(audio[e]), 0.0)
                               for i, e in enumerate(self.experts)], axis=1)
     return AudioEmbeddings(vectors.astype(np.float32), availability, self.experts)

@@ -12,14 +12,13 @@ import pathlib
 import time
 
 from absl import logging
-from flax import jax_utils
 import jax
 import ml_collections
 import numpy as np
 import soundfile
 import tensorflow_datasets as tfds
 
-from jaxretrieval import checkpointing
+from jaxretrieval import checkpointing, replicas
 from jaxretrieval.data import splits
 from jaxretrieval.embedding import Embedder
 from jaxretrieval.features.handcrafted import DIMS
@@ -220,7 +219,7 @@ def embed_source(config, spec, variables, data: str, split: str | None, data_dir
 def _embedded_batches(config, spec, variables, examples, total: int, data: str,
                       roots: list[str], batch_items: int):
   embedder = Embedder(RetrievalModel(spec), max(1, config.eval_chunk // jax.local_device_count()))
-  replicated = jax_utils.replicate(variables)
+  replicated = replicas.replicate(variables)
   examples = iter(progress(examples, total, f'Reading the features of {data}'))
   seen, unread, done = set(), 0, 0
   while batch := list(itertools.islice(examples, batch_items)):

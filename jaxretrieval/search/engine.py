@@ -147,7 +147,7 @@ class SearchEngine:
     words = self.store.words
     words.stems()
     text = np.zeros((1, self.store.text_tokens, words.dim), np.float32)
-    emb, weights = self._encode(self.variables, jnp.asarray(text))
+    emb, weights = self._encode(self.variables, text)
     lhs = self._weighted(jnp.concatenate([emb[e] for e in self.names], axis=1), weights)
     for k in sorted({_top_k_size(k, len(self.store)) for k in range(1, max_k + 1)}):
       jax.block_until_ready(self._top_k(lhs, weights, k))
@@ -160,8 +160,9 @@ class SearchEngine:
 
   def _top_k(self, lhs, weights, k: int):
     """Scores and rows `[Q, k]` of the best items, chunk by chunk."""
-    values = jnp.full((lhs.shape[0], k), -jnp.inf)
-    index = jnp.zeros((lhs.shape[0], k), jnp.int32)
+    # NumPy: outside a trace, each jnp array of a new shape would compile a program.
+    values = jax.device_put(np.full((lhs.shape[0], k), -np.inf, np.float32))
+    index = jax.device_put(np.zeros((lhs.shape[0], k), np.int32))
     for rhs, avail, start in self.chunks:
       values, index = _merge_chunk(values, index, lhs, weights, rhs, avail, start, k, self.mesh)
     return values, index
@@ -189,7 +190,7 @@ class SearchEngine:
       batch = np.zeros((len(rows), length, words.dim), np.float32)
       for j, i in enumerate(rows):
         batch[j, :len(read[i].vectors)] = read[i].vectors
-      emb, w = self._encode(self.variables, jnp.asarray(batch))
+      emb, w = self._encode(self.variables, batch)
       text[rows] = np.concatenate([np.asarray(emb[e]) for e in self.names], axis=1)
       weights[rows] = np.asarray(w)
     return EncodedQueries(text, weights, read)
@@ -197,8 +198,8 @@ class SearchEngine:
   def rank(self, encoded: EncodedQueries, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Scores and rows `[Q, k]` of the `k` best items for encoded queries (score -inf past
     the items that can score)."""
-    weights = jnp.asarray(encoded.weights)
-    lhs = self._weighted(jnp.asarray(encoded.text), weights)
+    weights = jax.device_put(encoded.weights)
+    lhs = self._weighted(jax.device_put(encoded.text), weights)
     values, index = self._top_k(lhs, weights, _top_k_size(k, len(self.store)))
     return np.asarray(values)[:, :k], np.asarray(index)[:, :k]
 

@@ -10,10 +10,11 @@ import torch
 
 from benchmarks import torch_baseline
 from configs import common
-from jaxretrieval import optim, train
+from jaxretrieval import optim, replicas
 from jaxretrieval.models import ModelSpec, RetrievalModel
 from jaxretrieval.models.spec import model_experts
-from jaxretrieval.step import AXIS, TrainState, train_step
+from jaxretrieval.replicas import AXIS
+from jaxretrieval.step import new_train_state, train_step
 from jaxretrieval.torch_import import convert
 
 TOKENS = {'text': 7, 'audio': 5, 'vggsound': 6}
@@ -50,15 +51,13 @@ def test_same_weights_same_loss_over_seven_training_steps(variant, fused):
   lr = 0.01
   optimizer = torch_baseline.Ranger(reference.parameters(), lr=lr, weight_decay=1e-3)
   model = RetrievalModel(spec, axis_name=AXIS)
-  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
-                            batch_stats=variables['batch_stats'],
-                            tx=optim.ranger(lambda _: lr, 1e-3))
+  state = new_train_state(model.apply, variables, optim.ranger(lambda _: lr, 1e-3))
   loss_config = common.get_config().loss  # max-margin, margin 0.2, fix_norm
   update = optim.ranger_apply(lambda _: lr, 1e-3) if fused else None
   step = jax.pmap(lambda s, b, t: train_step(s, b, t, model=model, loss_config=loss_config,
                                              schedule=lambda _: lr, update=update),
                   axis_name=AXIS)
-  state = train.replicate(state)
+  state = replicas.replicate(state)
   for i in range(7):  # 5 momentum steps, the first adaptive step, a LookAhead sync, one more
     experts, ind, text = _batch(seed=i)
     b, t = text.shape[:2]
@@ -76,7 +75,7 @@ def test_same_weights_same_loss_over_seven_training_steps(variant, fused):
   # The weights and BatchNorm statistics after the seven steps agree too.
   theirs = convert.convert_state_dict({k: v.numpy() for k, v in reference.state_dict().items()},
                                       spec)
-  ours = jax.tree.map(lambda x: x[0], {'params': state.params, 'batch_stats': state.batch_stats})
+  ours = replicas.first_replica({'params': state.params, 'batch_stats': state.batch_stats})
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), theirs, ours)
 
 

@@ -1,4 +1,4 @@
-"""Fixtures shared by the feature tests, built once per session (they are the slow part).
+"""Fixtures shared by the feature tests, built once per run (they are the slow part).
 
 `published`: the test clips, random VGGish weights as the official TensorFlow checkpoint
 and PCA `.npz`, a random VGGSound model H as `H.pth.tar` (legacy torch.save format), and
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from jaxretrieval.features import audio_io, vggsound_frontend
+from tests.conftest import _built_once
 from tests.features import clips, reference_models
 
 
@@ -47,9 +48,9 @@ class Published:
     return self._vggsound[name]
 
 
-@pytest.fixture(scope='session')
-def published(tmp_path_factory) -> Published:
-  folder = tmp_path_factory.mktemp('published')
+def _build(folder: pathlib.Path) -> None:
+  """Writes the published files and, in `reference.npz`, what the reference
+  implementations compute from them (waves, official examples and embeddings)."""
   paths = clips.write_clips(folder / 'audio')
   examples = {name: reference_models.official_wavfile_examples(p)
               for name, p in paths.items()}
@@ -57,15 +58,34 @@ def published(tmp_path_factory) -> Published:
   stacked = np.concatenate([examples[n] for n in names]).astype(np.float32)
   official = reference_models.write_tf_vggish(folder / 'vggish_model.ckpt', stacked)
   bounds = np.cumsum([0] + [len(examples[n]) for n in names])
-  embeddings = {n: official[bounds[i]:bounds[i + 1]] for i, n in enumerate(names)}
   rng = np.random.default_rng(3)
-  pca = {'pca_eigen_vectors': np.linalg.qr(rng.normal(size=(128, 128)))[0] * 0.05,
-         'pca_means': rng.normal(size=(128, 1)) * 0.5}
-  np.savez(folder / 'vggish_pca_params.npz', **pca)
+  np.savez(folder / 'vggish_pca_params.npz',
+           pca_eigen_vectors=np.linalg.qr(rng.normal(size=(128, 128)))[0] * 0.05,
+           pca_means=rng.normal(size=(128, 1)) * 0.5)
   model = reference_models.torch_resnet18()
   torch.save({'epoch': 3, 'model_state_dict': model.state_dict()}, folder / 'H.pth.tar',
              _use_new_zipfile_serialization=False)
-  waves = {n: audio_io.read_audio(p, resampler='kaiser_best') for n, p in paths.items()}
-  return Published(folder, paths, waves, folder / 'vggish_model.ckpt',
-                   folder / 'vggish_pca_params.npz', pca, folder / 'H.pth.tar', model,
-                   {n: e.astype(np.float32) for n, e in examples.items()}, embeddings)
+  reference = {}
+  for i, n in enumerate(names):
+    reference[f'wave/{n}'] = audio_io.read_audio(paths[n], resampler='kaiser_best')
+    reference[f'examples/{n}'] = examples[n].astype(np.float32)
+    reference[f'embeddings/{n}'] = official[bounds[i]:bounds[i + 1]]
+  np.savez(folder / 'reference.npz', **reference)
+
+
+@pytest.fixture(scope='session')
+def published(tmp_path_factory) -> Published:
+  # Built once per run (TensorFlow's VGGish graph and resampy are its slow part); under
+  # pytest-xdist the other workers read it.
+  folder = _built_once(tmp_path_factory, 'published', _build)
+  paths = {p.stem: p for p in sorted((folder / 'audio').iterdir())}
+  with np.load(folder / 'reference.npz') as f:
+    reference = {k: f[k] for k in f.files}
+  part = lambda kind: {n: reference[f'{kind}/{n}'] for n in paths}
+  with np.load(folder / 'vggish_pca_params.npz') as f:
+    pca = {k: f[k] for k in f.files}
+  model = reference_models.torch_resnet18()
+  model.load_state_dict(torch.load(folder / 'H.pth.tar', weights_only=True)['model_state_dict'])
+  return Published(folder, paths, part('wave'), folder / 'vggish_model.ckpt',
+                   folder / 'vggish_pca_params.npz', pca, folder / 'H.pth.tar', model.eval(),
+                   part('examples'), part('embeddings'))
