@@ -1,9 +1,9 @@
 """Every experiment config builds its model and takes a training step on miniature data.
 
-The step is the real code path (model_spec, RetrievalModel, the config's optimizer, the
+The step is the real code path (model_spec, RetrievalModel, the config's optimisation, the
 pmapped train_step). One config takes it at its full size; the others keep their experts,
 variant, loss and optimizer but are narrowed (`small`), which compiles faster, and configs
-that differ only in their data compile to one program (the tests' compilation cache).
+that differ only in their data share one program.
 """
 
 import functools
@@ -11,6 +11,7 @@ import importlib
 import pathlib
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -20,7 +21,7 @@ from jaxretrieval.data import registry
 from jaxretrieval.models import RetrievalModel, dummy_inputs
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.replicas import AXIS
-from jaxretrieval.step import lr_schedule, make_optimizer, new_train_state, train_step
+from jaxretrieval.step import new_train_state, optimisation, train_step
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -38,9 +39,22 @@ def small(config):
   return c, {name: (8, registry.expert(name).temporal) for name in c.experts}
 
 
+@functools.lru_cache(maxsize=None)
+def _step_program(spec, loss_config, optimizer):
+  """(pmapped train_step, optimizer, eval-mode model) of a model, loss and optimizer config:
+  configs that differ only in their data share one traced and compiled program, as equal
+  runs share one in `train`."""
+  opt = optimisation(optimizer, 10, optimizer.learning_rate)
+  step = jax.pmap(functools.partial(train_step, model=RetrievalModel(spec, axis_name=AXIS),
+                                    loss_config=loss_config, schedule=opt.schedule,
+                                    update=opt.update), axis_name=AXIS)
+  return step, opt.tx, RetrievalModel(spec)
+
+
 def one_step(config, dims=None, batch_size=4, jit_init=False):
   spec = model_spec(config, dims)
-  schedule = lr_schedule(config.optimizer, 10, config.optimizer.learning_rate)
+  step, tx, model = _step_program(spec, ml_collections.FrozenConfigDict(config.loss),
+                                  ml_collections.FrozenConfigDict(config.optimizer))
   rng = np.random.default_rng(0)
   batch = {
       'experts': {e.name: rng.normal(size=(batch_size, config.max_tokens[e.name], e.dim)
@@ -53,13 +67,10 @@ def one_step(config, dims=None, batch_size=4, jit_init=False):
       'row_mask': np.ones(batch_size, np.float32),
   }
   table = rng.normal(size=(9, 300)).astype(np.float32)
-  model = RetrievalModel(spec)
   init = functools.partial(model.init, train=False)
   variables = (jax.jit(init) if jit_init else init)(jax.random.key(0),
                                                   dummy_inputs(spec, 2, config.max_tokens))
-  state = new_train_state(model.apply, variables, make_optimizer(config.optimizer, schedule))
-  step = jax.pmap(functools.partial(train_step, model=RetrievalModel(spec, axis_name=AXIS),
-                                    loss_config=config.loss, schedule=schedule), axis_name=AXIS)
+  state = new_train_state(model.apply, variables, tx)
   before = jax.tree.leaves(state.params)[0].copy()
   new_state, metrics = step(replicas.replicate(state), jax.tree.map(lambda x: x[None], batch),
                             replicas.replicate(table))
