@@ -1,6 +1,7 @@
 """MMT against the original's forward pass written in torch (tiny config), and its pieces."""
 
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -18,6 +19,12 @@ EXPERT_DIMS = {'vggish': 6, 'vggsound': 10}
 # One 64-wide head: the head width of every BERT, which the importer relies on.
 TXT = ref.tiny_bert_config(VOCAB, type_vocab_size=2, num_attention_heads=1)
 VID = ref.tiny_bert_config(None, max_position_embeddings=8)  # small: positions get clamped
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=('method', 'mutable'))
+def _apply(model, variables, batch, train, method=None, mutable=False):
+  """`model.apply` as one compiled program (eagerly, each op of the MMT compiles on its own)."""
+  return model.apply(variables, batch, train, method=method, mutable=mutable)
 
 
 def tiny_spec(dropout=0.0, keep_missing=True):
@@ -126,9 +133,9 @@ def test_forward_matches_original(train):
   theirs, batch = make_inputs()
   want, want_loss = run_torch(model, theirs, batch, train)
   flax_model = mmt.MMT(spec)
-  (text, weights, audio), _ = flax_model.apply(variables, batch, train,
-                                               method=mmt.MMT.embed, mutable=['batch_stats'])
-  sims, _ = flax_model.apply(variables, batch, train, mutable=['batch_stats'])
+  (text, weights, audio), _ = _apply(flax_model, variables, batch, train, method=mmt.MMT.embed,
+                                     mutable=('batch_stats',))
+  sims, _ = _apply(flax_model, variables, batch, train, mutable=('batch_stats',))
   for e in EXPERT_DIMS:
     np.testing.assert_allclose(text[e], want['text'][e].numpy(), atol=1e-5, err_msg=e)
     np.testing.assert_allclose(audio[e], want['audio'][e].numpy(), atol=1e-5, err_msg=e)
@@ -184,7 +191,7 @@ def test_inputs_are_not_mutated_and_missing_inputs_are_ignored():
   variables = tiny_variables(spec)
   _, batch = make_inputs()
   before = jax.tree.map(np.copy, batch)
-  sims = mmt.MMT(spec).apply(variables, batch, False)
+  sims = _apply(mmt.MMT(spec), variables, batch, False)
   jax.tree.map(np.testing.assert_array_equal, batch, before)
   # Whatever a missing expert's inputs hold (here NaN and huge positions), nothing changes.
   noisy = jax.tree.map(np.copy, batch)
@@ -192,11 +199,11 @@ def test_inputs_are_not_mutated_and_missing_inputs_are_ignored():
   noisy['pooled']['vggish'][1] = np.nan
   noisy['expert_positions']['vggish'][1] = 1000
   noisy['expert_masks']['vggish'][1] = 1
-  np.testing.assert_allclose(mmt.MMT(spec).apply(variables, noisy, False), sims, atol=1e-6)
+  np.testing.assert_allclose(_apply(mmt.MMT(spec), variables, noisy, False), sims, atol=1e-6)
   # Queries and items are independent batches: here 10 queries against 5 items.
   more = dict(batch, tokens=np.concatenate([batch['tokens']] * 2),
               token_mask=np.concatenate([batch['token_mask']] * 2))
-  assert mmt.MMT(spec).apply(variables, more, False).shape == (10, 5)
+  assert _apply(mmt.MMT(spec), variables, more, False).shape == (10, 5)
 
 
 def test_without_keep_missing_modalities_weights_are_renormalised():
@@ -204,8 +211,8 @@ def test_without_keep_missing_modalities_weights_are_renormalised():
   variables = tiny_variables(spec)
   _, batch = make_inputs()
   model = mmt.MMT(dataclasses.replace(spec, keep_missing_modalities=False))
-  text, weights, audio = model.apply(variables, batch, False, method=mmt.MMT.embed)
-  sims = model.apply(variables, batch, False)
+  text, weights, audio = _apply(model, variables, batch, False, method=mmt.MMT.embed)
+  sims = _apply(model, variables, batch, False)
   # Item 1 misses VGGish: only its VGGSound cosine counts.
   np.testing.assert_allclose(sims[:, 1], text['vggsound'] @ audio['vggsound'][1], atol=1e-5)
 

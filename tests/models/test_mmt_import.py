@@ -71,7 +71,7 @@ def test_imported_workdir_matches_the_original(tmp_path, reference):
   spec = mmt.mmt_spec(config, test_mmt.EXPERT_DIMS)
   theirs, batch = test_mmt.make_inputs(seed=1)
   want, _ = test_mmt.run_torch(model, theirs, batch, train=False)
-  np.testing.assert_allclose(mmt.MMT(spec).apply(restored['model'], batch, False),
+  np.testing.assert_allclose(test_mmt._apply(mmt.MMT(spec), restored['model'], batch, False),
                              want['sims'].numpy(), atol=1e-5)
 
 
