@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import scipy.signal
 import torch
 
 from jaxretrieval.features import vggsound, vggsound_frontend
@@ -12,6 +11,7 @@ from jaxretrieval.features import vggsound, vggsound_frontend
 
 def reference_spectrogram(wave):
   """hche11/VGGSound `dataloader.py` on a 16 kHz mono clip, without its 10 s cut."""
+  import scipy.signal  # here: 1.4 s to import, which every pytest worker would pay
   wave = np.tile(wave, 10)[:160000] if len(wave) < 160000 else wave
   wave = np.clip(wave, -1, 1)
   _, _, spec = scipy.signal.spectrogram(wave, 16000, nperseg=512, noverlap=353)
