@@ -40,5 +40,5 @@ def replicate(tree):
 
 def first_replica(tree):
   """The first local copy of each leaf of a pmapped function's output (leading axis: the
-  local devices), on the host (NumPy arrays and scalars)."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
+  local devices), as NumPy arrays (0-d for scalars, as `jax.device_get` gives them)."""
+  return jax.tree.map(lambda x: np.asarray(np.asarray(x.addressable_shards[0].data)[0]), tree)
