@@ -107,15 +107,16 @@ def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
   chunk = -(-q // (rounds * 8)) * 8
   starts = range(0, q, chunk)
   index = [np.minimum(np.arange(s, s + chunk), q - 1) for s in starts]
-  rows = [jnp.asarray(i) for i in index]
-  valid = [jnp.asarray(real[i] & (np.arange(s, s + chunk) < q)) for s, i in zip(starts, index)]
+  # device_put, not jnp.asarray: outside a trace, that compiles a program per new shape.
+  rows = [jax.device_put(i) for i in index]
+  valid = [jax.device_put(real[i] & (np.arange(s, s + chunk) < q)) for s, i in zip(starts, index)]
   mask = real.reshape(n, k)
   approx = np.asarray(targets, np.float32).reshape(n, k)
   tolerance = _TOLERANCE * np.maximum(1.0, np.abs(approx))
   # Absent captions are no a2t candidates: their window is empty.
   low_host = np.where(mask, approx - tolerance, np.inf).astype(np.float32)
   high_host = np.where(mask, approx + tolerance, np.inf).astype(np.float32)
-  low, high = jnp.asarray(low_host), jnp.asarray(high_host)
+  low, high = jax.device_put(low_host), jax.device_put(high_host)
   counts, near = [], []
   for i, r, v in zip(index, rows, valid):
     sims = score_rows(r)
@@ -152,7 +153,7 @@ def retrieval_ranks(score_rows: ScoreRows, targets: np.ndarray, num_items: int,
 
 def _recount_a2t(score_rows: ScoreRows, rows, valid, own: np.ndarray):
   """a2t counts against the exact ground-truth scores: a second pass over the chunks."""
-  own = jnp.asarray(own)
+  own = jax.device_put(np.asarray(own))
   below, equal = 0, 0
   for r, v in zip(rows, valid):
     b, e = _a2t_counts(score_rows(r), v, own)
@@ -186,7 +187,7 @@ def retrieval_metrics(sims: np.ndarray, query_masks: np.ndarray) -> dict[str, di
     raise ValueError(f'similarity matrix of shape {np.shape(sims)} does not fit query masks '
                      f'{query_masks.shape}: expected ({n * k}, {n})')
   targets = np.asarray(sims, np.float32)[np.arange(n * k), np.arange(n * k) // k]
-  sims = jnp.asarray(sims, jnp.float32)
+  sims = jax.device_put(np.asarray(sims, np.float32))
   return metrics_from_scores(lambda rows: sims[rows], targets, n, query_masks)
 
 

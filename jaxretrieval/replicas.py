@@ -1,23 +1,15 @@
 """Trees for pmapped functions: a copy on every local device, and the first copy on the host.
 
-flax's `jax_utils.replicate` / `unreplicate` run one eager `jnp.stack` / `x[0]` per leaf, and
-XLA compiles a small program for each new leaf shape (about 25 ms each on a CPU): a model's
-variables and optimizer state cost a few hundred compiles per run. These copy through the
-host instead and compile nothing (one identity pmap per tree structure over several
-processes).
+flax's `jax_utils.replicate` of device arrays and `unreplicate` run one eager `jnp.stack` /
+`x[0]` per leaf, and XLA compiles a small program for each new leaf shape (about 25 ms each
+on a CPU): a model's variables and optimizer state cost a few hundred compiles per run.
+These copy through the host instead and compile nothing.
 """
-
-import functools
 
 import jax
 import numpy as np
 
 AXIS = 'batch'  # the name of the device axis of every pmap of the project
-
-
-@functools.partial(jax.pmap, axis_name=AXIS)
-def _as_pmap_output(tree):
-  return tree
 
 
 def replicate(tree):
@@ -30,12 +22,12 @@ def replicate(tree):
 
   def copies(x):
     x = np.asarray(x)
+    # On a CPU the copies may share the caller's NumPy memory (nothing here writes to it).
     return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
 
-  copied = jax.tree.map(copies, tree)
-  # In one process that is the pmap's layout already; over several, a pmap's outputs are
-  # global arrays (over every process's devices), which an identity pmap makes.
-  return copied if jax.process_count() == 1 else _as_pmap_output(copied)
+  # A pmap's outputs have this layout, also over several processes (where it hands back
+  # process-local arrays like these).
+  return jax.tree.map(copies, tree)
 
 
 def first_replica(tree):

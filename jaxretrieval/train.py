@@ -540,7 +540,10 @@ def _logged(train_metrics: TrainMetrics, epoch: int, step: int, total: int) -> d
   """The means since the last log (fetched now: the training loop's only host sync), as
   TensorBoard scalars; stops at a NaN/Inf loss. `epoch` (0-based) is the epoch being
   trained: the checkpoints hold the epochs before it."""
-  means = {k: float(v) for k, v in replicas.first_replica(train_metrics).compute().items()}
+  computed = replicas.first_replica(train_metrics).compute()
+  # Means rounded to float32, as the device computed them (NumPy divides in float64).
+  means = {k: float(np.float32(v)) if np.asarray(v).dtype.kind == 'f' else float(v)
+           for k, v in computed.items()}
   bad_step = int(means.pop('first_nonfinite_step'))
   if bad_step != FirstNonFiniteStep.NEVER:
     kept = (f'the checkpoint of epoch {epoch} is kept and a rerun resumes from it' if epoch

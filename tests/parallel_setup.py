@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxretrieval import replicas
 from jaxretrieval.models import ModelSpec, RetrievalModel, abstract_variables
 from jaxretrieval.models.spec import model_experts
 from jaxretrieval.replicas import AXIS
@@ -74,3 +75,19 @@ def global_step(devices: int, process: int = 0, processes: int = 1) -> dict[str,
                        jax.tree_util.tree_flatten_with_path(tree)[0]}
   return {'loss': np.asarray(loss[0]), **{'g' + k: v for k, v in flat(grads).items()},
           **{'s' + k: v for k, v in flat(stats).items()}}
+
+
+def replicas_through_pmap() -> dict[str, np.ndarray]:
+  """`replicas.replicate` over every local device through a pmapped step twice, the second
+  call fed the first's output: the programs each call lowered ('lowered') and the first
+  replica of the result ('w', 'n')."""
+  lowered = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **kw: lowered.append(event.endswith('jaxpr_to_mlir_module_duration')))
+  step = jax.pmap(lambda t: jax.tree.map(lambda x: x + 1, t), axis_name=AXIS)
+  tree = {'w': np.arange(6, dtype=np.float32).reshape(2, 3), 'n': np.int32(3)}
+  once = step(replicas.replicate(tree))
+  first = sum(lowered)
+  twice = step(once)
+  return {'lowered': np.array([first, sum(lowered) - first]),
+          **replicas.first_replica(twice)}

@@ -6,6 +6,7 @@ Every process builds the same model and global batch from fixed seeds and, for e
 count D of the list, feeds its slice of the batch (split over D local devices) to the
 pmapped `loss_and_grads`; the first process writes the loss, the gradients and the new
 BatchNorm statistics to OUT-D.npz. The process has as many local devices as the largest D.
+One process also writes OUT-replicas.npz (`parallel_setup.replicas_through_pmap`).
 """
 
 import os
@@ -27,11 +28,16 @@ else:
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from tests.parallel_setup import global_step  # pylint: disable=g-import-not-at-top
+from tests.parallel_setup import (  # pylint: disable=g-import-not-at-top
+  global_step,
+  replicas_through_pmap,
+)
 
 for devices in counts:
   result = global_step(devices, process, processes)
   if process == 0:
     np.savez(f'{out}-{devices}.npz', **result)
+if processes == 1:
+  np.savez(f'{out}-replicas.npz', **replicas_through_pmap())
 if processes > 1:
   jax.distributed.shutdown()

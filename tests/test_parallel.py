@@ -25,7 +25,10 @@ def _run(out, devices: list[int], processes=1) -> dict[int, dict[str, np.ndarray
     for p in procs:
       _, err = p.communicate(timeout=300)
       assert p.returncode == 0, err.decode()[-3000:]
-  return {d: dict(np.load(f'{out}-{d}.npz')) for d in devices}
+  results = {d: dict(np.load(f'{out}-{d}.npz')) for d in devices}
+  if processes == 1:
+    results['replicas'] = dict(np.load(f'{out}-replicas.npz'))
+  return results
 
 
 def _compare(got, want):
@@ -47,6 +50,15 @@ def one_process(tmp_path_factory):
 @pytest.mark.slow
 def test_eight_devices_match_one(one_process):
   _compare(one_process[8], one_process[1])
+
+
+def test_replicated_trees_are_laid_out_as_pmap_outputs_on_eight_devices(one_process):
+  """A pmapped step fed `replicas.replicate`'s tree, then its own output, lowers one
+  program (a layout of its own would make a second); `first_replica` reads the result."""
+  got = one_process['replicas']
+  assert got['lowered'].tolist() == [1, 0]
+  np.testing.assert_array_equal(got['w'], np.arange(6, dtype=np.float32).reshape(2, 3) + 2)
+  assert got['n'].shape == () and got['n'] == 5
 
 
 @pytest.mark.slow

@@ -191,8 +191,10 @@ def test_inputs_are_not_mutated_and_missing_inputs_are_ignored():
   variables = tiny_variables(spec)
   _, batch = make_inputs()
   before = jax.tree.map(np.copy, batch)
-  sims = _apply(mmt.MMT(spec), variables, batch, False)
+  # Traced on the caller's own dict and arrays (compiled, it would see copies of them).
+  jax.eval_shape(lambda v: mmt.MMT(spec).apply(v, batch, False), variables)
   jax.tree.map(np.testing.assert_array_equal, batch, before)
+  sims = _apply(mmt.MMT(spec), variables, batch, False)
   # Whatever a missing expert's inputs hold (here NaN and huge positions), nothing changes.
   noisy = jax.tree.map(np.copy, batch)
   noisy['experts']['vggish'][1] = np.nan
