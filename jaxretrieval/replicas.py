@@ -2,7 +2,7 @@
 
 flax's `jax_utils.replicate` of device arrays and `unreplicate` run one eager `jnp.stack` /
 `x[0]` per leaf, and XLA compiles a small program for each new leaf shape (about 25 ms each
-on a CPU): a model's variables and optimizer state cost a few hundred compiles per run.
+on a CPU): a model's variables and optimizer state cost dozens of compiles per run.
 These copy through the host instead and compile nothing.
 """
 
