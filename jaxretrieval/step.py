@@ -29,12 +29,15 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def new_train_state(apply_fn, variables: dict, tx: optax.GradientTransformation) -> TrainState:
-  """A TrainState at step 0 on `variables` ({'params', 'batch_stats'}). The optimizer's init
-  runs as one program: eagerly, each leaf shape would compile a program of its own."""
-  return TrainState(step=0, apply_fn=apply_fn, params=variables['params'], tx=tx,
-                    opt_state=jax.jit(tx.init)(variables['params']),
-                    batch_stats=variables['batch_stats'])
+def new_train_state(apply_fn, variables: dict, tx: optax.GradientTransformation,
+                    opt_state: optax.OptState | None = None, step: int = 0) -> TrainState:
+  """A TrainState on `variables` ({'params', 'batch_stats'}) at `step`, with `opt_state`
+  (default: `tx.init`'s, run as one program: eagerly, each leaf shape would compile a program
+  of its own)."""
+  if opt_state is None:
+    opt_state = jax.jit(tx.init)(variables['params'])
+  return TrainState(step=step, apply_fn=apply_fn, params=variables['params'], tx=tx,
+                    opt_state=opt_state, batch_stats=variables['batch_stats'])
 
 
 @struct.dataclass

@@ -364,11 +364,11 @@ def _resume(run: Experiment, mngr) -> tuple[TrainState, TrainMeta] | None:
     meta = TrainMeta.from_json(meta)
     shapes = run.variable_shapes()  # restore targets: nothing initialised to be overwritten
     _check_fits(mngr, step, shapes, run.config)
+    tx = run.optimisation(meta.base_lr).tx
     restored = checkpointing.restore(mngr, step, ('model', 'optimizer'), {
-        'model': shapes,
-        'optimizer': jax.eval_shape(lambda v: run.new_state(meta.base_lr, v).opt_state, shapes)})
-    state = run.new_state(meta.base_lr, restored['model'])
-    return meta, state.replace(opt_state=restored['optimizer'], step=meta.step)
+        'model': shapes, 'optimizer': jax.eval_shape(tx.init, shapes['params'])})
+    return meta, new_train_state(run.eval_model.apply, restored['model'], tx,
+                                 restored['optimizer'], meta.step)
 
   step, (meta, state) = checkpointing.restore_first_readable(mngr, steps, read,
                                                              f'resuming {run.workdir}')
