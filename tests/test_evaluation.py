@@ -12,6 +12,7 @@ from jaxretrieval.evaluation import eval_queries, split_metrics
 from jaxretrieval.metrics import retrieval_metrics
 from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
 from jaxretrieval.models.spec import model_experts
+from tests import compiled
 
 
 def _split(n=6, captions=3, tokens=4, seed=0):
@@ -33,9 +34,7 @@ def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   model = RetrievalModel(spec)
   data = _split()
   table = np.random.default_rng(1).normal(size=(50, 300)).astype(np.float32)
-  # Compiled programs (eagerly, every op of the model would compile on its own).
-  variables = jax.jit(lambda key: model.init(key, dummy_inputs(spec), train=False))(
-      jax.random.key(0))
+  variables = compiled.init(model, dummy_inputs(spec))
   embedder = Embedder(model, chunk=8)
   seen = []
   text_fn = embedder._text
@@ -45,8 +44,8 @@ def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   text, weights = embedder.captions(replicated[0], data, rows, replicated[1])
   # 18 caption slots: 16 distinct sentences (two absent slots, one shared sentence).
   assert sum(s[0] * s[1] for s in seen) == 16
-  direct, direct_weights = jax.jit(lambda v, x: model.apply(
-      v, x, False, method=RetrievalModel.encode_text))(variables, table[data.caption_ids[rows]])
+  direct, direct_weights = compiled.apply(model, variables, table[data.caption_ids[rows]],
+                                          train=False, method=RetrievalModel.encode_text)
   np.testing.assert_allclose(text['vggish'], direct['vggish'], atol=1e-6)
   np.testing.assert_allclose(weights, direct_weights, atol=1e-6)
   audio = embedder.items(replicated[0], data)

@@ -1,7 +1,6 @@
 """MMT against the original's forward pass written in torch (tiny config), and its pieces."""
 
 import dataclasses
-import functools
 
 import jax
 import numpy as np
@@ -12,6 +11,7 @@ from jaxretrieval.losses import max_margin_ranking_loss
 from jaxretrieval.models import mmt
 from jaxretrieval.models.bert import BertConfig
 from jaxretrieval.torch_import import mmt_convert
+from tests import compiled
 from tests.models import mmt_torch_reference as ref
 
 VOCAB, SAME_DIM, MAX_FRAMES = 30, 64, 5
@@ -19,12 +19,6 @@ EXPERT_DIMS = {'vggish': 6, 'vggsound': 10}
 # One 64-wide head: the head width of every BERT, which the importer relies on.
 TXT = ref.tiny_bert_config(VOCAB, type_vocab_size=2, num_attention_heads=1)
 VID = ref.tiny_bert_config(None, max_position_embeddings=8)  # small: positions get clamped
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3), static_argnames=('method', 'mutable'))
-def _apply(model, variables, batch, train, method=None, mutable=False):
-  """`model.apply` as one compiled program (eagerly, each op of the MMT compiles on its own)."""
-  return model.apply(variables, batch, train, method=method, mutable=mutable)
 
 
 def tiny_spec(dropout=0.0, keep_missing=True):
@@ -133,9 +127,9 @@ def test_forward_matches_original(train):
   theirs, batch = make_inputs()
   want, want_loss = run_torch(model, theirs, batch, train)
   flax_model = mmt.MMT(spec)
-  (text, weights, audio), _ = _apply(flax_model, variables, batch, train, method=mmt.MMT.embed,
-                                     mutable=('batch_stats',))
-  sims, _ = _apply(flax_model, variables, batch, train, mutable=('batch_stats',))
+  (text, weights, audio), _ = compiled.apply(flax_model, variables, batch, train=train,
+                                             method=mmt.MMT.embed, mutable=('batch_stats',))
+  sims, _ = compiled.apply(flax_model, variables, batch, train=train, mutable=('batch_stats',))
   for e in EXPERT_DIMS:
     np.testing.assert_allclose(text[e], want['text'][e].numpy(), atol=1e-5, err_msg=e)
     np.testing.assert_allclose(audio[e], want['audio'][e].numpy(), atol=1e-5, err_msg=e)
@@ -194,18 +188,19 @@ def test_inputs_are_not_mutated_and_missing_inputs_are_ignored():
   # Traced on the caller's own dict and arrays (compiled, it would see copies of them).
   jax.eval_shape(lambda v: mmt.MMT(spec).apply(v, batch, False), variables)
   jax.tree.map(np.testing.assert_array_equal, batch, before)
-  sims = _apply(mmt.MMT(spec), variables, batch, False)
+  sims = compiled.apply(mmt.MMT(spec), variables, batch, train=False)
   # Whatever a missing expert's inputs hold (here NaN and huge positions), nothing changes.
   noisy = jax.tree.map(np.copy, batch)
   noisy['experts']['vggish'][1] = np.nan
   noisy['pooled']['vggish'][1] = np.nan
   noisy['expert_positions']['vggish'][1] = 1000
   noisy['expert_masks']['vggish'][1] = 1
-  np.testing.assert_allclose(_apply(mmt.MMT(spec), variables, noisy, False), sims, atol=1e-6)
+  np.testing.assert_allclose(compiled.apply(mmt.MMT(spec), variables, noisy, train=False), sims,
+                             atol=1e-6)
   # Queries and items are independent batches: here 10 queries against 5 items.
   more = dict(batch, tokens=np.concatenate([batch['tokens']] * 2),
               token_mask=np.concatenate([batch['token_mask']] * 2))
-  assert _apply(mmt.MMT(spec), variables, more, False).shape == (10, 5)
+  assert compiled.apply(mmt.MMT(spec), variables, more, train=False).shape == (10, 5)
 
 
 def test_without_keep_missing_modalities_weights_are_renormalised():
@@ -213,8 +208,8 @@ def test_without_keep_missing_modalities_weights_are_renormalised():
   variables = tiny_variables(spec)
   _, batch = make_inputs()
   model = mmt.MMT(dataclasses.replace(spec, keep_missing_modalities=False))
-  text, weights, audio = _apply(model, variables, batch, False, method=mmt.MMT.embed)
-  sims = _apply(model, variables, batch, False)
+  text, weights, audio = compiled.apply(model, variables, batch, train=False, method=mmt.MMT.embed)
+  sims = compiled.apply(model, variables, batch, train=False)
   # Item 1 misses VGGish: only its VGGSound cosine counts.
   np.testing.assert_allclose(sims[:, 1], text['vggsound'] @ audio['vggsound'][1], atol=1e-5)
 

@@ -15,6 +15,7 @@ from jaxretrieval.models import mmt
 from jaxretrieval.torch_import import mmt_convert
 from jaxretrieval.torch_import.bert_convert import BertCheckpointError
 from jaxretrieval.torch_import.importer import import_checkpoint
+from tests import compiled
 from tests.models import test_mmt
 from tests.reference_checkpoint import write_reference_checkpoint
 
@@ -71,7 +72,7 @@ def test_imported_workdir_matches_the_original(tmp_path, reference):
   spec = mmt.mmt_spec(config, test_mmt.EXPERT_DIMS)
   theirs, batch = test_mmt.make_inputs(seed=1)
   want, _ = test_mmt.run_torch(model, theirs, batch, train=False)
-  np.testing.assert_allclose(test_mmt._apply(mmt.MMT(spec), restored['model'], batch, False),
+  np.testing.assert_allclose(compiled.apply(mmt.MMT(spec), restored['model'], batch, train=False),
                              want['sims'].numpy(), atol=1e-5)
 
 

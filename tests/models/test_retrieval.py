@@ -18,6 +18,7 @@ from jaxretrieval.models import (
 from jaxretrieval.models.spec import model_experts
 from jaxretrieval.replicas import AXIS
 from jaxretrieval.step import loss_and_grads, model_inputs
+from tests import compiled
 from tests.reference_checkpoint import reference_keys
 
 # (variant, experts, trainable parameters published by the reference, REFERENCE §2.4)
@@ -47,20 +48,6 @@ def _batch(spec, b=3, t=4, q=None, seed=0):
                for e in spec.experts},
       availability=jnp.ones((b, len(spec.experts))),
       text=jnp.asarray(rng.normal(size=(q, 5, spec.text_dim)), jnp.float32))
-
-
-def _init(model, batch):
-  """The model's variables for `batch`, from one compiled init (eager, every layer's op would
-  compile on its own)."""
-  return jax.jit(lambda key: model.init(key, batch, train=False))(jax.random.key(0))
-
-
-def _apply(model, variables, batch, train=False):
-  """`model.apply` as one compiled program; in training mode also the new BatchNorm stats."""
-  if train:
-    return jax.jit(lambda v, b: model.apply(v, b, train=True, mutable=['batch_stats']))(
-        variables, batch)
-  return jax.jit(lambda v, b: model.apply(v, b, train=False))(variables, batch)
 
 
 def _count(spec):
@@ -115,18 +102,19 @@ def test_missing_expert_is_zeroed_and_excluded():
   spec = ModelSpec('moee', model_experts(['vggish', 'vggsound']))
   model = RetrievalModel(spec)
   batch = _batch(spec)
-  variables = _init(model, batch)
+  variables = compiled.init(model, batch)
   avail = np.ones((3, 2), np.float32)
   avail[1, 0] = 0.0
   vggish = np.array(batch.experts['vggish'])
   vggish[1] = np.nan
   nan_batch = batch.replace(availability=jnp.asarray(avail),
                             experts={**batch.experts, 'vggish': jnp.asarray(vggish)})
-  sims = np.asarray(_apply(model, variables, nan_batch))
+  sims = np.asarray(compiled.apply(model, variables, nan_batch, train=False))
   assert np.all(np.isfinite(sims))
   vggish[1] = 0.0
   zero_batch = nan_batch.replace(experts={**batch.experts, 'vggish': jnp.asarray(vggish)})
-  np.testing.assert_allclose(sims, _apply(model, variables, zero_batch), atol=1e-6)
+  np.testing.assert_allclose(sims, compiled.apply(model, variables, zero_batch, train=False),
+                             atol=1e-6)
 
 
 def test_item_without_any_expert_raises_naming_it():
@@ -141,7 +129,7 @@ def test_ce_relation_runs_once_per_ordered_pair_in_expert_order():
   spec = ModelSpec('ce', model_experts(['r2p1d', 'vggish', 'vggsound']))
   model = RetrievalModel(spec)
   batch = _batch(spec, b=6)
-  variables = _init(model, batch)
+  variables = compiled.init(model, batch)
   widths = []
 
   def count_relation_calls(next_fun, args, kwargs, context):
@@ -150,7 +138,7 @@ def test_ce_relation_runs_once_per_ordered_pair_in_expert_order():
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(count_relation_calls):  # runs while the program is traced
-    _, updates = _apply(model, variables, batch, train=True)
+    _, updates = compiled.apply(model, variables, batch, train=True, mutable=('batch_stats',))
   assert widths == [2 * 768] * 9
   bn = updates['batch_stats']['audio_head']['relation']['bn_0']
   assert np.any(np.asarray(bn['mean']) != 0)
@@ -160,12 +148,12 @@ def test_row_mask_keeps_padding_out_of_training_statistics():
   spec = ModelSpec('ce', model_experts(['vggish', 'vggsound']))
   model = RetrievalModel(spec)
   full = _batch(spec, b=5, seed=3)
-  variables = _init(model, full)
+  variables = compiled.init(model, full)
   sub = jax.tree.map(lambda x: x[:3], full)
   padded = full.replace(row_mask=jnp.asarray([1, 1, 1, 0, 0]),
                         text_row_mask=jnp.asarray([1, 1, 1, 0, 0]))
-  s_pad, u_pad = _apply(model, variables, padded, train=True)
-  s_sub, u_sub = _apply(model, variables, sub, train=True)
+  s_pad, u_pad = compiled.apply(model, variables, padded, train=True, mutable=('batch_stats',))
+  s_sub, u_sub = compiled.apply(model, variables, sub, train=True, mutable=('batch_stats',))
   np.testing.assert_allclose(np.asarray(s_pad)[:3, :3], s_sub, atol=2e-5)
   for a, b in zip(jax.tree.leaves(u_pad), jax.tree.leaves(u_sub)):
     np.testing.assert_allclose(a, b, atol=2e-5)
@@ -205,12 +193,13 @@ def test_training_loss_pairs_experts_like_the_model_when_names_are_not_sorted():
            'text_lengths': jnp.full(n, 5), 'row_mask': jnp.ones(n, jnp.float32)}
   model = RetrievalModel(spec, axis_name=AXIS)
   inputs = model_inputs(batch, table)
-  variables = _init(RetrievalModel(spec), inputs)
+  variables = compiled.init(RetrievalModel(spec), inputs)
   loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2,
                                            'fix_norm': True})
   loss, _, _ = jax.pmap(lambda b, t: loss_and_grads(
       variables['params'], variables['batch_stats'], b, t, model=model,
       loss_config=loss_config), axis_name=AXIS)(
           jax.tree.map(lambda x: x[None], batch), table[None])
-  sims, _ = _apply(RetrievalModel(spec), variables, inputs, train=True)
+  sims, _ = compiled.apply(RetrievalModel(spec), variables, inputs, train=True,
+                           mutable=('batch_stats',))
   np.testing.assert_allclose(loss[0], max_margin_ranking_loss(sims), rtol=1e-5)

@@ -17,7 +17,7 @@ from jaxretrieval.models.spec import model_spec
 from jaxretrieval.torch_import import convert
 from jaxretrieval.torch_import.importer import config_from_reference, import_checkpoint
 from jaxretrieval.torch_import.torch_pickle import TorchFileError, load_pth
-from tests import in_process
+from tests import compiled, in_process
 from tests.reference_checkpoint import (
   REF_EXPERTS,
   random_state_dict,
@@ -77,11 +77,8 @@ def test_imported_model_matches_numpy_reference(tmp_path, dataset, modalities, v
                 availability=jnp.asarray(np.stack([ind[m] for m in sorted(modalities)], 1)),
                 text=jnp.asarray(text))
   variables = restored['model']
-  # One compiled program per mode (eagerly, each op of the model would compile on its own).
-  apply = jax.jit(lambda v, b, train: model.apply(v, b, train=train, mutable=['batch_stats'])[0],
-                  static_argnums=2)
   for train in (False, True):
-    ours = apply(variables, batch, train)
+    ours = compiled.apply(model, variables, batch, train=train, mutable=('batch_stats',))[0]
     want = reference.similarity(experts, ind, text.astype(np.float64), train=train)
     np.testing.assert_allclose(ours, want, atol=2e-5, err_msg=f'train={train}')
 
