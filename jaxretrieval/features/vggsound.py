@@ -31,6 +31,7 @@ The spectrogram lives in `vggsound_frontend.py` (NumPy/SciPy only, so the decodi
 import no JAX).
 """
 
+import functools
 import pathlib
 
 import flax.linen as nn
@@ -127,8 +128,9 @@ def _torch_name(path: tuple[str, ...]) -> str:
   return '.'.join(parts)
 
 
+@functools.lru_cache(maxsize=2)
 def _expected(pool: str = 'mean'):
-  """Shape trees of the params and batch statistics."""
+  """Shape trees of the params and batch statistics (traced once per process; read only)."""
   shapes = jax.eval_shape(lambda: ResNet18(pool).init(
       jax.random.key(0), jnp.zeros((1, BINS, 64)), jnp.ones((1,), jnp.int32)))
   return shapes

@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping
 import dataclasses
+import functools
 from typing import Sequence
 
 from flax import struct
@@ -112,7 +113,14 @@ def dummy_inputs(spec: ModelSpec, batch_size: int = 2,
 
 def abstract_variables(spec: ModelSpec) -> dict:
   """Shapes and dtypes of the variables ({'params', 'batch_stats'}) of a model of `spec`;
-  nothing is computed or allocated."""
+  nothing is computed or allocated (a new tree each call: the caller may change it)."""
+  return jax.tree.map(lambda x: x, _abstract_variables(spec))
+
+
+@functools.lru_cache(maxsize=16)
+def _abstract_variables(spec: ModelSpec) -> dict:
+  # Tracing a full-size model's init takes about half a second: the checkpoint loads,
+  # conversions and index updates of one spec in a process share one trace.
   return jax.eval_shape(lambda: RetrievalModel(spec).init(jax.random.key(0), dummy_inputs(spec),
                                                           train=False))
 

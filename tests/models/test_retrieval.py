@@ -12,6 +12,7 @@ from jaxretrieval.models import (
   MissingExpertsError,
   ModelSpec,
   RetrievalModel,
+  abstract_variables,
   check_availability,
   mixture_similarity,
 )
@@ -51,9 +52,7 @@ def _batch(spec, b=3, t=4, q=None, seed=0):
 
 
 def _count(spec):
-  model = RetrievalModel(spec)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), _batch(spec), train=False))
-  return sum(x.size for x in jax.tree.leaves(variables['params']))
+  return sum(x.size for x in jax.tree.leaves(abstract_variables(spec)['params']))
 
 
 @pytest.mark.parametrize('variant,experts,expected', PAPER_COUNTS)
@@ -67,6 +66,25 @@ def test_parameter_counts_match_the_paper(variant, experts, expected):
   trainable = sum(int(np.prod(s)) for k, s in keys
                   if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked')))
   assert trainable == expected
+
+
+def test_abstract_variables_trace_once_per_spec_and_belong_to_the_caller():
+  """Loading, converting and indexing a checkpoint each ask for its model's shapes: the
+  init is traced once per spec in a process, and a caller's changes reach no other caller."""
+  spec = ModelSpec('moee', model_experts(['vggish', 'scene'], 3), shared_dim=24)  # this test's
+  traces = []
+  count = lambda name, secs, **kw: traces.append(name) if 'trace' in name else None
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    first = abstract_variables(spec)
+    traced_first = len(traces)
+    first['params'].clear()
+    second = abstract_variables(spec)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert traced_first > 0 and len(traces) == traced_first
+  assert second['params'] and jax.tree.structure(second) == jax.tree.structure(
+      abstract_variables(spec))
 
 
 def test_expert_order_follows_reference_names():
