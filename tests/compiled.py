@@ -1,20 +1,36 @@
-"""The models of the tests as compiled programs: run eagerly, each op of a model compiles a
-program of its own for every new shape. One jitted init and apply, shared by the test files
-(equal models, hashable by value, share their programs)."""
+"""The models of the tests without programs they do not need: variables drawn in NumPy in
+the shapes of a model's (cached) init trace, and one jitted apply shared by the test files
+(run eagerly, each op of a model compiles a program of its own for every new shape; equal
+models, hashable by value, share their programs)."""
 
 import functools
 
 import jax
+import numpy as np
 
 
-def init(model, inputs, seed: int = 0) -> dict:
-  """`model`'s variables (eval mode) for `inputs`."""
-  return _init(model, inputs, jax.random.key(seed))
+def init_like(shapes, rng: np.random.Generator) -> dict:
+  """Variables of `shapes` (a model's `eval_shape`d init) valued like an init's, drawn in
+  NumPy (no init program to compile in every process): norm scales and variances 1, biases
+  and means 0, weights N(0, 1 / fan_in)."""
+
+  def value(path, shape: jax.ShapeDtypeStruct) -> np.ndarray:
+    name = jax.tree_util.keystr(path)
+    if name.endswith(("['scale']", "['var']")):
+      return np.ones(shape.shape, shape.dtype)
+    if name.endswith(("['bias']", "['mean']")):
+      return np.zeros(shape.shape, shape.dtype)
+    fan_in = int(np.prod(shape.shape[:-1])) or 1
+    return rng.normal(0, fan_in ** -0.5, shape.shape).astype(shape.dtype)
+
+  return jax.tree_util.tree_map_with_path(value, shapes)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model, inputs, key):
-  return model.init(key, inputs, train=False)
+def variables(model, seed: int = 0) -> dict:
+  """Variables of a RetrievalModel, `init_like` its init's: for tests whose assertions hold
+  for any weights (its init program, 1-5 s to compile per model, is not needed)."""
+  from jaxretrieval.models import abstract_variables  # pylint: disable=g-import-not-at-top
+  return init_like(abstract_variables(model.spec), np.random.default_rng(seed))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=('train', 'method', 'mutable'))

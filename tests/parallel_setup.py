@@ -12,25 +12,9 @@ from jaxretrieval.models import ModelSpec, RetrievalModel, abstract_variables
 from jaxretrieval.models.spec import model_experts
 from jaxretrieval.replicas import AXIS
 from jaxretrieval.step import loss_and_grads
+from tests.compiled import init_like
 
 GLOBAL_BATCH = 8
-
-
-def init_like(shapes, rng: np.random.Generator) -> dict:
-  """Variables of `shapes` (a model's `eval_shape`d init) valued like an init's, drawn in
-  NumPy (no init program to compile in every process): norm scales and variances 1, biases
-  and means 0, weights N(0, 1 / fan_in)."""
-
-  def value(path, shape: jax.ShapeDtypeStruct) -> np.ndarray:
-    name = jax.tree_util.keystr(path)
-    if name.endswith(("['scale']", "['var']")):
-      return np.ones(shape.shape, shape.dtype)
-    if name.endswith(("['bias']", "['mean']")):
-      return np.zeros(shape.shape, shape.dtype)
-    fan_in = int(np.prod(shape.shape[:-1])) or 1
-    return rng.normal(0, fan_in ** -0.5, shape.shape).astype(shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(value, shapes)
 
 
 def setup(axis_name=None, seed=0):

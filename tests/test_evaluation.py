@@ -10,7 +10,7 @@ from jaxretrieval.data.splits import SplitArrays
 from jaxretrieval.embedding import Embedder
 from jaxretrieval.evaluation import eval_queries, split_metrics
 from jaxretrieval.metrics import retrieval_metrics
-from jaxretrieval.models import ModelSpec, RetrievalModel, dummy_inputs, mixture_similarity
+from jaxretrieval.models import ModelSpec, RetrievalModel, mixture_similarity
 from jaxretrieval.models.spec import model_experts
 from tests import compiled
 
@@ -34,7 +34,7 @@ def test_distinct_captions_are_embedded_once_and_scored_like_the_matrix():
   model = RetrievalModel(spec)
   data = _split()
   table = np.random.default_rng(1).normal(size=(50, 300)).astype(np.float32)
-  variables = compiled.init(model, dummy_inputs(spec))
+  variables = compiled.variables(model)
   embedder = Embedder(model, chunk=8)
   seen = []
   text_fn = embedder._text

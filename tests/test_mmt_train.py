@@ -277,7 +277,7 @@ from configs import mmt_synthcaps
 from jaxretrieval.models import mmt
 from jaxretrieval.replicas import AXIS
 from jaxretrieval.step import loss_and_grads
-from tests.parallel_setup import init_like
+from tests.compiled import init_like
 c = mmt_synthcaps.get_config()
 c.model.text_bert.update(vocab_size=30, hidden_size=32, num_layers=1, num_heads=2,
                          intermediate_size=48, max_positions=16)

@@ -120,7 +120,7 @@ def test_missing_expert_is_zeroed_and_excluded():
   spec = ModelSpec('moee', model_experts(['vggish', 'vggsound']))
   model = RetrievalModel(spec)
   batch = _batch(spec)
-  variables = compiled.init(model, batch)
+  variables = compiled.variables(model)
   avail = np.ones((3, 2), np.float32)
   avail[1, 0] = 0.0
   vggish = np.array(batch.experts['vggish'])
@@ -147,7 +147,7 @@ def test_ce_relation_runs_once_per_ordered_pair_in_expert_order():
   spec = ModelSpec('ce', model_experts(['r2p1d', 'vggish', 'vggsound']))
   model = RetrievalModel(spec)
   batch = _batch(spec, b=6)
-  variables = compiled.init(model, batch)
+  variables = compiled.variables(model)
   widths = []
 
   def count_relation_calls(next_fun, args, kwargs, context):
@@ -166,7 +166,7 @@ def test_row_mask_keeps_padding_out_of_training_statistics():
   spec = ModelSpec('ce', model_experts(['vggish', 'vggsound']))
   model = RetrievalModel(spec)
   full = _batch(spec, b=5, seed=3)
-  variables = compiled.init(model, full)
+  variables = compiled.variables(model)
   sub = jax.tree.map(lambda x: x[:3], full)
   padded = full.replace(row_mask=jnp.asarray([1, 1, 1, 0, 0]),
                         text_row_mask=jnp.asarray([1, 1, 1, 0, 0]))
@@ -211,7 +211,7 @@ def test_training_loss_pairs_experts_like_the_model_when_names_are_not_sorted():
            'text_lengths': jnp.full(n, 5), 'row_mask': jnp.ones(n, jnp.float32)}
   model = RetrievalModel(spec, axis_name=AXIS)
   inputs = model_inputs(batch, table)
-  variables = compiled.init(RetrievalModel(spec), inputs)
+  variables = compiled.variables(RetrievalModel(spec))
   loss_config = ml_collections.ConfigDict({'name': 'max_margin', 'margin': 0.2,
                                            'fix_norm': True})
   loss, _, _ = jax.pmap(lambda b, t: loss_and_grads(
