@@ -1,11 +1,11 @@
 """Every experiment config builds its model and takes a training step on miniature data.
 
 The step is the real code path (model_spec, RetrievalModel, the config's optimisation, the
-pmapped train_step). One config takes it at its full size; the others keep their experts,
-variant, loss and optimizer but are narrowed (`small`), which compiles faster, and configs
-that differ only in their data share one program.
+pmapped train_step) from variables drawn in the shapes of the model's init (their values do
+not matter here, and no init program is compiled). One config takes it at its full size;
+the others keep their experts, variant, loss and optimizer but are narrowed (`small`),
+which compiles faster, and configs that differ only in their data share one program.
 """
-
 import functools
 import importlib
 import pathlib
@@ -18,10 +18,11 @@ import pytest
 from configs import common
 from jaxretrieval import replicas
 from jaxretrieval.data import registry
-from jaxretrieval.models import RetrievalModel, dummy_inputs
+from jaxretrieval.models import RetrievalModel
 from jaxretrieval.models.spec import model_spec
 from jaxretrieval.replicas import AXIS
 from jaxretrieval.step import new_train_state, optimisation, train_step
+from tests import compiled
 
 # CE / MoEE experiments; the MMT configs (mmt_*.py) are tested in tests/models/test_mmt_configs.py.
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / 'configs').glob('*.py')
@@ -51,7 +52,7 @@ def _step_program(spec, loss_config, optimizer):
   return step, opt.tx, RetrievalModel(spec)
 
 
-def one_step(config, dims=None, batch_size=4, jit_init=False):
+def one_step(config, dims=None, batch_size=4):
   spec = model_spec(config, dims)
   step, tx, model = _step_program(spec, ml_collections.FrozenConfigDict(config.loss),
                                   ml_collections.FrozenConfigDict(config.optimizer))
@@ -67,10 +68,7 @@ def one_step(config, dims=None, batch_size=4, jit_init=False):
       'row_mask': np.ones(batch_size, np.float32),
   }
   table = rng.normal(size=(9, 300)).astype(np.float32)
-  init = functools.partial(model.init, train=False)
-  variables = (jax.jit(init) if jit_init else init)(jax.random.key(0),
-                                                  dummy_inputs(spec, 2, config.max_tokens))
-  state = new_train_state(model.apply, variables, tx)
+  state = new_train_state(model.apply, compiled.variables(model), tx)
   before = jax.tree.leaves(state.params)[0].copy()
   new_state, metrics = step(replicas.replicate(state), jax.tree.map(lambda x: x[None], batch),
                             replicas.replicate(table))
@@ -89,10 +87,7 @@ def test_config_builds_and_trains(name):
               dataset.fuse_captions, dataset.val_split, dataset.test_split)
   assert config.max_tokens.to_dict() == dict(dataset.max_tokens)
   assert config.batch_size == 128 and config.num_epochs == 20 and config.loss.margin == 0.2
-  # The full-size init as one program: its shapes are its own, so op-by-op initialisation
-  # would compile ~130 small programs that no other test shares (15.3 -> 13.0 s).
-  spec, loss, moved = (one_step(config, jit_init=True) if name == FULL_SIZE
-                       else one_step(*small(config)))
+  spec, loss, moved = one_step(config) if name == FULL_SIZE else one_step(*small(config))
   assert np.isfinite(loss) and loss > 0 and moved
   assert set(spec.expert_names) == set(config.experts)
 
