@@ -6,6 +6,7 @@ not matter here, and no init program is compiled). One config takes it at its fu
 the others keep their experts, variant, loss and optimizer but are narrowed (`small`),
 which compiles faster, and configs that differ only in their data share one program.
 """
+
 import functools
 import importlib
 import pathlib
