@@ -104,7 +104,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, items: tuple[str, ...] = ('m
   return {k: restored[k] for k in items}
 
 
-def saved_model(mngr: ocp.CheckpointManager, step: int) -> Any:
+def model_metadata(mngr: ocp.CheckpointManager, step: int) -> Any:
   """The tree of `step`'s model item as saved, each leaf's shape and dtype: read from that
   item alone (the manager's `item_metadata` also reads the optimizer's, three times larger)."""
   return ocp.StandardCheckpointHandler().metadata(pathlib.Path(mngr.directory) / str(step) /

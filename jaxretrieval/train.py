@@ -304,7 +304,7 @@ def _host(state: TrainState) -> dict:
 def _check_fits(mngr, step: int, template: dict, config) -> None:
   """Refuses a checkpoint whose variables differ from the model's, naming the config fields
   that differ from the checkpoint's run (its workdir's config.json)."""
-  saved = checkpointing.saved_model(mngr, step)
+  saved = checkpointing.model_metadata(mngr, step)
   shapes = lambda tree: {jax.tree_util.keystr(p): tuple(x.shape)
                          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
   have, want = shapes(saved), shapes(template)
