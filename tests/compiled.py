@@ -8,6 +8,8 @@ import functools
 import jax
 import numpy as np
 
+from jaxretrieval.models import abstract_variables, mmt
+
 
 def init_like(shapes, rng: np.random.Generator) -> dict:
   """Variables of `shapes` (a model's `eval_shape`d init) valued like an init's, drawn in
@@ -27,10 +29,10 @@ def init_like(shapes, rng: np.random.Generator) -> dict:
 
 
 def variables(model, seed: int = 0) -> dict:
-  """Variables of a RetrievalModel, `init_like` its init's: for tests whose assertions hold
-  for any weights (its init program, 1-5 s to compile per model, is not needed)."""
-  from jaxretrieval.models import abstract_variables  # pylint: disable=g-import-not-at-top
-  return init_like(abstract_variables(model.spec), np.random.default_rng(seed))
+  """Variables of a RetrievalModel or MMT, `init_like` its init's: for tests whose assertions
+  hold for any weights (its init program, 1-5 s to compile per model, is not needed)."""
+  shapes = (mmt.abstract_variables if isinstance(model, mmt.MMT) else abstract_variables)
+  return init_like(shapes(model.spec), np.random.default_rng(seed))
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames=('train', 'method', 'mutable'))

@@ -11,7 +11,7 @@ from configs import mmt_audiocaps, mmt_clotho
 from jaxretrieval.losses import max_margin_ranking_loss
 from jaxretrieval.models import mmt
 from jaxretrieval.step import lr_schedule, make_optimizer
-from tests.compiled import init_like
+from tests import compiled
 
 
 @pytest.mark.parametrize('module,dataset,text,frames', [
@@ -84,7 +84,7 @@ def test_tiny_mmt_learns_well_above_chance():
   spec = mmt.mmt_spec(c, {'vggish': 8, 'vggsound': 8})
   model = mmt.MMT(spec)
   batch = toy_batch()
-  variables = init_like(mmt.abstract_variables(spec), np.random.default_rng(0))
+  variables = compiled.variables(model)
   tx = make_optimizer(c.optimizer, lr_schedule(c.optimizer, 10, c.optimizer.learning_rate))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))

@@ -133,7 +133,7 @@ def test_training_starts_from_the_pretrained_text_bert(tmp_path, reference):
   text = {f'bert.{k[len("txt_bert."):]}': torch.as_tensor(v) for k, v in state_dict.items()
           if k.startswith('txt_bert.')}
   torch.save(text, tmp_path / 'pytorch_model.bin')
-  random = compiled.init_like(mmt.abstract_variables(spec), np.random.default_rng(0))
+  random = compiled.variables(mmt.MMT(spec))
   started = mmt_convert.with_pretrained_text(random, tmp_path, spec)
   want = _convert(state_dict)['params']['txt_bert']
   jax.tree.map(np.testing.assert_array_equal, started['params']['txt_bert'], want)
